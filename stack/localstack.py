@@ -1,0 +1,555 @@
+"""The local stack: real etcd, kube-apiserver, kube-controller-manager, Kafka and PostgreSQL.
+
+    python stack/localstack.py setup      build or fetch every program once (cached by version)
+    python stack/localstack.py up         start the stack (idempotent), write kubeconfig and env
+    python stack/localstack.py down       stop every process the stack started
+    python stack/localstack.py env        print `export` lines for kubectl, helm and clients
+    python stack/localstack.py status     say what runs
+
+Binaries and jars live in the cache (``$KCG_CACHE_DIR``, default ``~/.cache/kcg-operator``)
+keyed by version, so a fresh checkout on a warm machine builds nothing. Runtime state
+(certificates, data, logs, pids) lives in ``$KCG_STACK_DIR`` (default ``<repo>/.stack``).
+
+The control plane is run the way controller-runtime's envtest runs it (client-certificate
+admin, RBAC, service-account signing keys, secure port on loopback), plus the
+controller-manager for garbage collection and Deployments. There is no kubelet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+K8S_VERSION = "v1.34.4"
+HELM_VERSION = "v3.19.0"
+KAFKA_VERSION = "4.1.1"  # keep in step with stack/kafka/pom.xml
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("KCG_CACHE_DIR", Path.home() / ".cache" / "kcg-operator"))
+STATE = Path(os.environ.get("KCG_STACK_DIR", REPO / ".stack"))
+K8S_BIN = CACHE / f"k8s-{K8S_VERSION}" / "bin"
+HELM_BIN = CACHE / f"helm-{HELM_VERSION}" / "bin"
+KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
+K8S_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kubectl", "etcd")
+PR_SET_PDEATHSIG = 1
+
+
+class StackError(Exception):
+    """A problem the user can fix; printed as one line, never as a stack trace."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _require(tool: str, how: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"{tool} not found: {how}")
+    return path
+
+
+def _run_build(what: str, cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    started = time.monotonic()
+    print(f"kcg-stack: {what} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise StackError(f"{what} failed: {last.strip()}")
+    print(f"kcg-stack: {what}: done in {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+
+def _java_major() -> int:
+    java = _require("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    try:
+        version = out.split('"')[1]
+        return int(version.split(".")[0])
+    except (IndexError, ValueError) as exc:
+        raise StackError(f"cannot read the Java version from `java -version`: {out!r}") from exc
+
+
+def postgres_bindir() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), reverse=True)
+    if not candidates:
+        raise StackError("PostgreSQL server not found: apt-get install postgresql")
+    return candidates[0].parent
+
+
+def setup() -> None:
+    """Build or fetch every program of the stack that the cache lacks."""
+    go = _require("go", "install Go 1.24+ (apt-get install golang-go, or https://go.dev/dl)")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
+    if not all((K8S_BIN / p).exists() for p in K8S_PROGRAMS):
+        minor = K8S_VERSION.split(".")[1]
+        ldflags = " ".join(
+            [
+                "-s -w",
+                f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
+                "-X k8s.io/component-base/version.gitMajor=1",
+                f"-X k8s.io/component-base/version.gitMinor={minor}",
+                f"-X k8s.io/client-go/pkg/version.gitVersion={K8S_VERSION}",
+            ]
+        )
+        tmp = Path(tempfile.mkdtemp(prefix="k8s-bin-", dir=_mkdir(CACHE)))
+        _run_build(
+            f"building {', '.join(K8S_PROGRAMS)} {K8S_VERSION} from the Go module proxy",
+            [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp}/"]
+            + [f"./{p}" for p in K8S_PROGRAMS],
+            REPO / "stack" / "k8s",
+            env,
+        )
+        _replace_dir(tmp, K8S_BIN)
+    if not (HELM_BIN / "helm").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="helm-bin-", dir=_mkdir(CACHE)))
+        _run_build(
+            f"building helm {HELM_VERSION} from the Go module proxy",
+            [go, "install", "-trimpath", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+            REPO,
+            dict(env, GOBIN=str(tmp), GOFLAGS=""),
+        )
+        _replace_dir(tmp, HELM_BIN)
+    if _java_major() < 17:
+        raise StackError("Kafka 4 needs Java 17+: apt-get install openjdk-17-jre-headless")
+    if not (KAFKA_LIBS / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        mvn = _require("mvn", "install Maven (apt-get install maven)")
+        tmp = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=_mkdir(CACHE)))
+        _run_build(
+            f"resolving Apache Kafka {KAFKA_VERSION} from Maven Central",
+            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={tmp}",
+             "-DincludeScope=runtime"],
+            REPO / "stack" / "kafka",
+        )
+        _replace_dir(tmp, KAFKA_LIBS)
+    postgres_bindir()
+    _require("openssl", "apt-get install openssl")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Publish a finished build atomically, so an interrupted build is never taken as done."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        shutil.rmtree(dst)
+    src.rename(dst)
+    dst.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _preexec(owned: bool, as_user: pwd.struct_passwd | None) -> Callable[[], None]:
+    def run() -> None:
+        if owned:
+            # Tie the process to the test run: if the runner dies, even by SIGKILL, so does it.
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if as_user is not None:
+            os.setgid(as_user.pw_gid)
+            os.setuid(as_user.pw_uid)
+
+    return run
+
+
+def _start(name: str, cmd: Sequence[str], owned: bool, procs: list[Proc],
+           as_user: pwd.struct_passwd | None = None, cwd: Path | None = None) -> None:
+    log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=_preexec(owned, as_user), cwd=cwd,
+    )
+    log.close()
+    procs.append(Proc(name, proc.pid))
+    _save_pids(procs)
+
+
+def _save_pids(procs: list[Proc]) -> None:
+    (STATE / "pids.json").write_text(json.dumps([p.__dict__ for p in procs]))
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, procs: list[Proc]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not _alive(p.pid):
+                tail = _log_tail(p.name)
+                raise StackError(f"{p.name} exited while waiting for {what}; log: {tail}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.2)
+    raise StackError(f"{what} not ready after {timeout:.0f}s; logs in {STATE / 'logs'}")
+
+
+def _log_tail(name: str) -> str:
+    path = STATE / "logs" / f"{name}.log"
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return " | ".join(lines[-3:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=STATE / "pki")
+    if proc.returncode != 0:
+        raise StackError(f"openssl {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def _make_pki() -> None:
+    pki = _mkdir(STATE / "pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.crt", "-days", "365", "-subj", "/CN=kcg-local-ca")
+    (pki / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:10.0.0.1,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"
+    )
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subj, ext in (
+        ("apiserver", "/CN=kube-apiserver", "server.ext"),
+        ("admin", "/O=system:masters/CN=admin", "client.ext"),
+    ):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                 f"{name}.csr", "-subj", subj)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", ext)
+    _openssl("genrsa", "-out", "sa.key", "2048")
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _write_kubeconfig(port: int) -> Path:
+    pki = STATE / "pki"
+    path = STATE / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kcg-local", "cluster": {
+                    "server": f"https://127.0.0.1:{port}",
+                    "certificate-authority-data": _b64(pki / "ca.crt")}}],
+                "users": [{"name": "admin", "user": {
+                    "client-certificate-data": _b64(pki / "admin.crt"),
+                    "client-key-data": _b64(pki / "admin.key")}}],
+                "contexts": [{"name": "kcg-local",
+                              "context": {"cluster": "kcg-local", "user": "admin"}}],
+                "current-context": "kcg-local",
+            },
+            indent=2,
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def _https_ok(port: int, path: str) -> bool:
+    pki = STATE / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def _kafka_ready(bootstrap: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    md = admin.list_topics(timeout=2)
+    return bool(md.brokers) and md.controller_id != -1
+
+
+def _postgres_ready(port: int) -> bool:
+    import psycopg
+
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=2):
+        return True
+
+
+def read_state() -> dict[str, object] | None:
+    path = STATE / "state.json"
+    if not path.exists():
+        return None
+    state: dict[str, object] = json.loads(path.read_text())
+    pids = json.loads((STATE / "pids.json").read_text()) if (STATE / "pids.json").exists() else []
+    if pids and all(_alive(p["pid"]) for p in pids):
+        return state
+    return None
+
+
+def up(owned: bool = False) -> dict[str, object]:
+    """Start the stack unless it is already up; return its settings."""
+    existing = read_state()
+    if existing is not None:
+        return existing
+    down(quiet=True)
+    setup()
+    _mkdir(STATE / "logs")
+    procs: list[Proc] = []
+    try:
+        return _up(owned, procs)
+    except BaseException:
+        down(quiet=True)
+        raise
+
+
+def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
+    t0 = time.monotonic()
+    _make_pki()
+    pki = STATE / "pki"
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+    kafka_port, kafka_ctl, pg_port = free_port(), free_port(), free_port()
+
+    _start("etcd", [
+        str(K8S_BIN / "etcd"), f"--data-dir={STATE / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+        f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+        f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+        "--unsafe-no-fsync=true", "--quota-backend-bytes=4294967296", "--log-level=warn",
+    ], owned, procs)
+    _start_kafka(kafka_port, kafka_ctl, owned, procs)
+    _start_postgres(pg_port, owned, procs)
+    _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, procs)
+
+    _start("kube-apiserver", [
+        str(K8S_BIN / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}", f"--client-ca-file={pki / 'ca.crt'}",
+        f"--secure-port={api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+        "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+        f"--service-account-issuer=https://127.0.0.1:{api_port}/",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--enable-priority-and-fairness=false", "--v=0",
+    ], owned, procs)
+    _wait("kube-apiserver", lambda: _https_ok(api_port, "/readyz"), 90, procs)
+    kubeconfig = _write_kubeconfig(api_port)
+    _wait("the default namespace",
+          lambda: _https_ok(api_port, "/api/v1/namespaces/default"), 60, procs)
+
+    _start("kube-controller-manager", [
+        str(K8S_BIN / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}", "--leader-elect=false", "--secure-port=0",
+        "--controllers=*", "--use-service-account-credentials=false",
+        "--concurrent-gc-syncs=5", "--v=0",
+    ], owned, procs)
+
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    _wait("kafka", lambda: _kafka_ready(bootstrap), 120, procs)
+    _wait("postgresql", lambda: _postgres_ready(pg_port), 60, procs)
+    state: dict[str, object] = {
+        "KUBECONFIG": str(kubeconfig),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "OUTBOX_DSN": f"postgresql://postgres@127.0.0.1:{pg_port}/postgres",
+        "KCG_STACK_DIR": str(STATE),
+        "KCG_K8S_BIN": str(K8S_BIN),
+        "KCG_HELM_BIN": str(HELM_BIN),
+        "owned": owned,
+    }
+    (STATE / "state.json").write_text(json.dumps(state, indent=2))
+    (STATE / "env.sh").write_text(env_lines(state))
+    print(f"kcg-stack: up in {time.monotonic() - t0:.1f}s ({STATE})", file=sys.stderr)
+    return state
+
+
+def _start_kafka(port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> None:
+    kdir = _mkdir(STATE / "kafka")
+    props = kdir / "server.properties"
+    props.write_text(
+        "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{ctl_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={kdir / 'data'}",
+            "num.partitions=1",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=1000",
+            "group.consumer.min.session.timeout.ms=1000",
+            "group.consumer.min.heartbeat.interval.ms=500",
+            "message.max.bytes=1048588",
+            "",
+        ])
+    )
+    (kdir / "log4j2.properties").write_text(
+        "\n".join([
+            "status = warn",
+            "appender.out.type = Console",
+            "appender.out.name = STDOUT",
+            "appender.out.layout.type = PatternLayout",
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+            "rootLogger.level = WARN",
+            "rootLogger.appenderRef.out.ref = STDOUT",
+            "logger.server.name = kafka.server.KafkaRaftServer",
+            "logger.server.level = INFO",
+            "",
+        ])
+    )
+    java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}",
+            "-cp", f"{KAFKA_LIBS}/*"]
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        capture_output=True, text=True,
+    )
+    if fmt.returncode != 0:
+        raise StackError(f"formatting Kafka storage failed: {fmt.stdout + fmt.stderr}")
+    _start("kafka", [*java, "kafka.Kafka", str(props)], owned, procs)
+
+
+def _start_postgres(port: int, owned: bool, procs: list[Proc]) -> None:
+    bindir = postgres_bindir()
+    # initdb and postgres refuse to run as root: run them as an unprivileged user on a
+    # data directory that user owns, outside paths it may not be allowed to traverse.
+    as_user = pwd.getpwnam(os.environ.get("KCG_PG_USER", "postgres")) if os.geteuid() == 0 else None
+    pgroot = Path(tempfile.mkdtemp(prefix="kcg-pg-"))
+    (STATE / "pgroot").write_text(str(pgroot))
+    data, sock = pgroot / "data", pgroot / "sock"
+    sock.mkdir()
+    if as_user is not None:
+        for p in (pgroot, sock):
+            os.chown(p, as_user.pw_uid, as_user.pw_gid)
+    init = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+         "--no-sync", "--no-instructions"],
+        capture_output=True, text=True, preexec_fn=_preexec(False, as_user), cwd=pgroot,
+    )
+    if init.returncode != 0:
+        raise StackError(f"initdb failed: {init.stderr.strip()}")
+    _start("postgres", [
+        str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
+        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+        "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+    ], owned, procs, as_user=as_user, cwd=pgroot)
+
+
+def down(quiet: bool = False) -> None:
+    """Stop every process the stack started, then remove its runtime state."""
+    pids_file = STATE / "pids.json"
+    procs = [Proc(**p) for p in json.loads(pids_file.read_text())] if pids_file.exists() else []
+    for p in reversed(procs):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while any(_alive(p.pid) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if _alive(p.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+    pgroot_file = STATE / "pgroot"
+    if pgroot_file.exists():
+        shutil.rmtree(pgroot_file.read_text().strip(), ignore_errors=True)
+    if STATE.exists():
+        shutil.rmtree(STATE, ignore_errors=True)
+    if not quiet:
+        print(f"kcg-stack: stopped {len(procs)} processes", file=sys.stderr)
+
+
+def env_lines(state: dict[str, object]) -> str:
+    keys = ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS", "OUTBOX_DSN", "KCG_STACK_DIR")
+    lines = [f"export {k}={state[k]}" for k in keys]
+    lines.append(f'export PATH="{state["KCG_K8S_BIN"]}:{state["KCG_HELM_BIN"]}:$PATH"')
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localstack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["setup", "up", "down", "env", "status"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "setup":
+            setup()
+        elif args.command == "up":
+            up()
+            print((STATE / "env.sh").read_text(), end="")
+        elif args.command == "down":
+            down()
+        elif args.command in ("env", "status"):
+            state = read_state()
+            if state is None:
+                raise StackError("the local stack is not running: make up")
+            print(env_lines(state) if args.command == "env" else json.dumps(state, indent=2))
+    except StackError as exc:
+        print(f"kcg-stack: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
