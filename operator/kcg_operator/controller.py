@@ -1,0 +1,309 @@
+"""The controller loop: sweep lag for all due groups, decide, scale, and write status.
+
+One thread. Each pass takes the groups whose poll is due (or that changed), sweeps each
+Kafka cluster once for all of them (kcg_operator.scaling.collector), then per group:
+health and time lag (pure), the scaling decision (pure), the replica patch, Events on
+transitions, and the status when (and only when) it changed. It is the only writer of
+status, so conditions never race.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kcg_operator import metrics
+from kcg_operator.api.models import KafkaConsumerGroup, RebalanceProtocol
+from kcg_operator.conditions import condition, now_rfc3339
+from kcg_operator.kube import Kube
+from kcg_operator.registry import Entry, Key, Registry
+from kcg_operator.scaling import health
+from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
+from kcg_operator.scaling.health import CommitWindow
+from kcg_operator.scaling.policy import Decision, Observation, decide
+from kcg_operator.scaling.timelag import OffsetTimeTable
+from kcg_operator.workload.render import deployment_name
+
+log = logging.getLogger(__name__)
+COMPLIANT_ASSIGNOR = "cooperative-sticky"
+
+
+def rebalance_condition(
+    kcg: KafkaConsumerGroup, snap: GroupSnapshot, previous: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """RebalanceCompliant from what the broker says the group really uses."""
+    gen = kcg.metadata.generation
+    if not snap.broker_ok:
+        return condition("RebalanceCompliant", None, "BrokerUnreachable",
+                         f"could not describe group {kcg.group_id}: {snap.error}", gen, previous)
+    if snap.group_type == "CONSUMER":
+        return condition("RebalanceCompliant", True, "ServerSideAssignment",
+                         "group uses the KIP-848 consumer protocol (server-side assignment)",
+                         gen, previous)
+    if not snap.members:
+        return condition("RebalanceCompliant", None, "NoMembers",
+                         f"group {kcg.group_id} has no members to check", gen, previous)
+    if snap.assignor == COMPLIANT_ASSIGNOR:
+        return condition("RebalanceCompliant", True, "CooperativeSticky",
+                         f"{len(snap.members)} members use cooperative-sticky", gen, previous)
+    offenders = ", ".join(f"{m.client_id}@{m.host} ({m.member_id})" for m in snap.members[:10])
+    wanted = ("the consumer protocol" if kcg.spec.rebalance_protocol is RebalanceProtocol.CONSUMER
+              else "partition.assignment.strategy=cooperative-sticky")
+    return condition(
+        "RebalanceCompliant", False, "WrongAssignor",
+        f"group {kcg.group_id} uses assignor {snap.assignor!r}, not {wanted}; members using "
+        f"it: {offenders}. Use the properties file the operator mounts "
+        "($KCG_CONSUMER_PROPERTIES) instead of hard-coded client settings.",
+        gen, previous)
+
+
+class Controller:
+    def __init__(self, kube: Kube, registry: Registry, check_interval_s: float = 15.0,
+                 collector: LagCollector | None = None) -> None:
+        self.kube = kube
+        self.registry = registry
+        self.check_interval_s = check_interval_s
+        self.collector = collector or LagCollector()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kcg-sweep")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.pass_once()
+            except Exception:  # one bad pass must not end the loop for every group
+                log.exception("controller pass failed; retrying")
+                stop.wait(1.0)
+            wait = min(max(self.registry.next_due() - time.time(), 0.05), 1.0)
+            self.registry.wake.wait(wait)
+            self.registry.wake.clear()
+
+    def pass_once(self) -> None:
+        due = self.registry.due()
+        metrics.groups_watched.set(len(self.registry))
+        by_cluster: dict[ClusterKey, list[tuple[Key, Entry]]] = defaultdict(list)
+        now = time.time()
+        for key, entry in due:
+            entry.dirty = False
+            kcg = entry.kcg
+            scaling = kcg.spec.scaling if kcg else None
+            interval = scaling.poll_interval_seconds if scaling else self.check_interval_s
+            entry.next_poll = now + interval
+            if kcg is None or entry.cluster is None or not (entry.reconciled and
+                                                            entry.reconciled.ok):
+                self._safe(self.write_status, key, entry, None)
+                continue
+            by_cluster[entry.cluster].append((key, entry))
+        list(self._pool.map(lambda item: self._sweep_cluster(*item), by_cluster.items()))
+
+    def _sweep_cluster(self, cluster: ClusterKey, entries: list[tuple[Key, Entry]]) -> None:
+        started = time.monotonic()
+        requests = {e.kcg.group_id: GroupRequest(e.kcg.group_id, tuple(e.kcg.spec.topics))
+                    for _, e in entries if e.kcg is not None}
+        failed_before = self.collector.requests_failed
+        snaps = self.collector.sweep(cluster, requests.values(), auth=entries[0][1].auth)
+        label = cluster.bootstrap_servers
+        metrics.sweep_duration.labels(label).observe(time.monotonic() - started)
+        errors = self.collector.requests_failed - failed_before
+        if errors:
+            metrics.kafka_request_errors.labels(label).inc(errors)
+        for key, entry in entries:
+            if entry.kcg is not None:
+                self._safe(self.evaluate, key, entry, snaps[entry.kcg.group_id])
+
+    def _safe(self, fn: Any, key: Key, entry: Entry, arg: Any) -> None:
+        try:
+            fn(key, entry, arg)
+        except Exception:  # one object's failure never stops the others
+            log.exception("handling %s/%s failed", *key)
+            entry.dirty = True
+
+    # ------------------------------------------------------------------ one group
+
+    def evaluate(self, key: Key, entry: Entry, snap: GroupSnapshot) -> None:
+        kcg = entry.kcg
+        assert kcg is not None
+        now = snap.time_s
+        statuses, lag_seconds = self._observe_partitions(entry, snap)
+        current, ready = entry.replicas or (None, None)
+        decision: Decision | None = None
+        if kcg.spec.scaling is not None and current is not None:
+            obs = Observation(
+                time_s=now,
+                end_offsets={tp: end for tp, (end, _) in snap.offsets.items()},
+                committed={tp: c for tp, (_, c) in snap.offsets.items()},
+                replicas=current, partitions=snap.partitions or None,
+                broker_ok=snap.broker_ok and not snap.missing_topics,
+                statuses=statuses, ready_replicas=ready,
+            )
+            decision, entry.policy = decide(obs, kcg.spec.scaling, entry.policy)
+            if decision.should_patch and decision.desired != current:
+                self._scale(key, entry, kcg, current, decision)
+                current = decision.desired
+        self._transition_events(entry, kcg, snap)
+        self.write_status(key, entry, (snap, statuses, lag_seconds, decision, current))
+
+    def _observe_partitions(
+        self, entry: Entry, snap: GroupSnapshot
+    ) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], float]]:
+        statuses: dict[tuple[str, int], str] = {}
+        lag_seconds: dict[tuple[str, int], float] = {}
+        if not snap.broker_ok:
+            return statuses, lag_seconds
+        kcg = entry.kcg
+        assert kcg is not None
+        owned = bool(snap.members)
+        labels = (kcg.metadata.namespace or "", kcg.metadata.name, kcg.group_id)
+        for tp, (end, committed) in snap.offsets.items():
+            window = entry.windows.setdefault(tp, CommitWindow())
+            window.record(committed, end, snap.time_s, owner_alive=owned)
+            lag = max(end - (committed or 0), 0) if committed is not None else 0
+            statuses[tp] = window.status(lag, snap.time_s)
+            table = entry.timelag.setdefault(tp, OffsetTimeTable())
+            table.add(end, snap.time_s)
+            seconds = table.time_lag(committed, snap.time_s)
+            lag_seconds[tp] = seconds or 0.0
+            metrics.partition_lag.labels(*labels, tp[0], str(tp[1])).set(lag)
+            metrics.partition_lag_seconds.labels(*labels, tp[0], str(tp[1])).set(lag_seconds[tp])
+        return statuses, lag_seconds
+
+    def _scale(self, key: Key, entry: Entry, kcg: KafkaConsumerGroup, current: int,
+               decision: Decision) -> None:
+        with entry.lock:
+            self.kube.scale_deployment(key[0], deployment_name(kcg), decision.desired)
+        entry.replicas = (decision.desired, entry.replicas[1] if entry.replicas else 0)
+        entry.last_scale_time = now_rfc3339()
+        direction = "up" if decision.desired > current else "down"
+        metrics.scale_events.labels(key[0], key[1], kcg.group_id, direction).inc()
+        self.kube.event(entry.body, "Normal", "Scaled", decision.reason)
+        log.info("%s/%s: %s", *key, decision.reason)
+
+    def _transition_events(self, entry: Entry, kcg: KafkaConsumerGroup,
+                           snap: GroupSnapshot) -> None:
+        """Warnings once per transition, not once per sweep."""
+        checks = {
+            "broker": ("BrokerUnreachable",
+                       f"Kafka at {kcg.spec.kafka.bootstrap_servers} did not answer: "
+                       f"{snap.error}; replicas are left as they are") if not snap.broker_ok
+            else None,
+            "topics": ("TopicNotFound",
+                       f"topics {', '.join(snap.missing_topics)} do not exist on "
+                       f"{kcg.spec.kafka.bootstrap_servers}: create them or fix spec.topics")
+            if snap.missing_topics else None,
+            "assignor": ("RebalanceNonCompliant",
+                         f"group {kcg.group_id} uses assignor {snap.assignor!r}")
+            if snap.broker_ok and snap.group_type != "CONSUMER" and snap.members
+            and snap.assignor != COMPLIANT_ASSIGNOR else None,
+        }
+        for name, problem in checks.items():
+            reason = problem[0] if problem else ""
+            if entry.last_events.get(name, "") != reason and problem is not None:
+                self.kube.event(entry.body, "Warning", problem[0], problem[1])
+            entry.last_events[name] = reason
+
+    # ------------------------------------------------------------------ status
+
+    def write_status(self, key: Key, entry: Entry, observed: Any) -> None:
+        status = self.render_status(entry, observed)
+        if status == entry.last_status:
+            return
+        self.kube.apply_status(key[0], key[1], status)
+        entry.last_status = status
+
+    def render_status(self, entry: Entry, observed: Any) -> dict[str, Any]:
+        body = entry.body
+        previous = (body.get("status") or {}).get("conditions") or []
+        if entry.last_status is not None:
+            previous = entry.last_status.get("conditions", previous)
+        generation = body.get("metadata", {}).get("generation")
+        rec = entry.reconciled
+        status: dict[str, Any] = {}
+        conditions: list[dict[str, Any]] = []
+        if rec is None or rec.generation != generation or not rec.ok or observed is None:
+            if rec is not None:
+                conditions.append(condition("Ready", rec.ok if rec.generation == generation
+                                            else None, rec.reason, rec.message, generation,
+                                            previous))
+                status["observedGeneration"] = rec.generation
+            status["conditions"] = conditions
+            return status
+
+        snap, statuses, lag_seconds, decision, current = observed
+        kcg = entry.kcg
+        assert kcg is not None
+        status["observedGeneration"] = generation
+        if rec.selector:
+            status["selector"] = rec.selector
+        if not snap.broker_ok:
+            ready = condition("Ready", False, "KafkaUnreachable",
+                              f"Kafka did not answer: {snap.error}", generation, previous)
+        elif snap.missing_topics:
+            ready = condition("Ready", False, "TopicNotFound",
+                              f"topics {', '.join(snap.missing_topics)} do not exist: create "
+                              "them or fix spec.topics", generation, previous)
+        else:
+            ready = condition("Ready", True, rec.reason, rec.message, generation, previous)
+        conditions.append(ready)
+        conditions.append(rebalance_condition(kcg, snap, previous))
+        if snap.broker_ok:
+            group = health.group_status(statuses.values()) if statuses else "OK"
+            total = decision.total_lag if decision else sum(
+                max(e - c, 0) for e, c in snap.offsets.values() if c is not None)
+            max_seconds = round(max(lag_seconds.values(), default=0.0), 1)
+            status.update(partitions=snap.partitions, totalLag=total, lagStatus=group,
+                          maxTimeLagSeconds=max_seconds)
+            bad = sorted(f"{t}[{p}]={s}" for (t, p), s in statuses.items() if s != "OK")
+            conditions.append(condition(
+                "LagHealthy", group == "OK", "LagOK" if group == "OK" else f"Lag{group.title()}",
+                f"lag {total} messages, {max_seconds}s behind" + (
+                    f"; partitions: {', '.join(bad[:12])}" if bad else ""), generation, previous))
+            labels = (key_ns(kcg), kcg.metadata.name, kcg.group_id)
+            metrics.group_total_lag.labels(*labels).set(total)
+            metrics.group_max_lag_seconds.labels(*labels).set(max_seconds)
+        else:
+            conditions.append(condition("LagHealthy", None, "BrokerUnreachable",
+                                        f"no lag measured: {snap.error}", generation, previous))
+        if snap.assignor:
+            status["assignor"] = snap.assignor
+        elif snap.group_type == "CONSUMER":
+            status["assignor"] = "server-side"
+        status["members"] = [
+            {"clientId": m.client_id, "host": m.host, "partitions": m.partitions,
+             **({"assignor": snap.assignor} if snap.assignor else {})}
+            for m in snap.members[:50]
+        ]
+        if current is not None:
+            status["replicas"] = current
+        scaling = kcg.spec.scaling
+        if scaling is None:
+            status["desiredReplicas"] = kcg.spec.replicas
+            conditions.append(condition("Scaling", False, "Disabled",
+                                        "spec.scaling is not set: replicas follow spec.replicas",
+                                        generation, previous))
+        elif decision is not None:
+            status["desiredReplicas"] = decision.desired
+            if decision.paused:
+                conditions.append(condition("Scaling", False, "Paused", decision.reason,
+                                            generation, previous))
+            elif not decision.broker_ok:
+                conditions.append(condition("Scaling", False, "BrokerUnreachable",
+                                            decision.reason, generation, previous))
+            else:
+                conditions.append(condition("Scaling", True, "Active", decision.reason,
+                                            generation, previous))
+            labels = (key_ns(kcg), kcg.metadata.name, kcg.group_id)
+            metrics.desired_replicas.labels(*labels).set(decision.desired)
+        if current is not None:
+            metrics.current_replicas.labels(key_ns(kcg), kcg.metadata.name, kcg.group_id).set(
+                current)
+        if entry.last_scale_time:
+            status["lastScaleTime"] = entry.last_scale_time
+        status["conditions"] = conditions
+        return status
+
+
+def key_ns(kcg: KafkaConsumerGroup) -> str:
+    return kcg.metadata.namespace or ""

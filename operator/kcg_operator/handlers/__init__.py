@@ -1,0 +1,1 @@
+"""kopf handlers: thin I/O edges around the pure decisions."""

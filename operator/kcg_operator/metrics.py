@@ -1,0 +1,41 @@
+"""Prometheus metrics on /metrics, named in the style of kafka-lag-exporter and kminion."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+GROUP_LABELS = ("namespace", "name", "group")
+
+partition_lag = Gauge(
+    "kcg_consumergroup_group_lag", "Messages of lag of a group on one partition.",
+    (*GROUP_LABELS, "topic", "partition"))
+partition_lag_seconds = Gauge(
+    "kcg_consumergroup_group_lag_seconds", "Estimated seconds a group is behind on a partition.",
+    (*GROUP_LABELS, "topic", "partition"))
+group_total_lag = Gauge(
+    "kcg_consumergroup_group_sum_lag", "Messages of lag of a group, all partitions.", GROUP_LABELS)
+group_max_lag_seconds = Gauge(
+    "kcg_consumergroup_group_max_lag_seconds", "Largest time lag of any partition of a group.",
+    GROUP_LABELS)
+desired_replicas = Gauge(
+    "kcg_desired_replicas", "Replicas the scaling policy wants.", GROUP_LABELS)
+current_replicas = Gauge(
+    "kcg_current_replicas", "spec.replicas of the consumer Deployment.", GROUP_LABELS)
+scale_events = Counter(
+    "kcg_scale_events_total", "Replica changes made by the operator.",
+    (*GROUP_LABELS, "direction"))
+sweep_duration = Histogram(
+    "kcg_lag_sweep_duration_seconds", "Duration of one lag sweep of one Kafka cluster.",
+    ("cluster",), buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+kafka_request_errors = Counter(
+    "kcg_kafka_request_errors_total", "Kafka admin requests that failed.", ("cluster",))
+groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
+
+
+def forget_group(namespace: str, name: str, group: str) -> None:
+    """Drop a deleted group's series so dashboards do not show ghosts."""
+    for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas):
+        try:
+            gauge.remove(namespace, name, group)
+        except KeyError:
+            pass

@@ -1,0 +1,48 @@
+"""`kcg run`: the operator process (kopf, the controller loop, /metrics, /healthz)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import kopf
+import prometheus_client
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kcg run", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="serve KafkaConsumerGroups in every namespace (the default)")
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="serve only this namespace; repeat for several")
+    parser.add_argument("--liveness-port", type=int, default=8080,
+                        help="port of /healthz (0 disables it)")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="port of the Prometheus /metrics endpoint (0 disables it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kopf.configure(verbose=args.verbose)
+    # Importing registers the handlers with kopf's default registry.
+    import kcg_operator.handlers.workload  # noqa: F401
+    import kcg_operator.runtime  # noqa: F401
+
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,66 @@
+"""Process-wide objects of a running operator: the Kubernetes client and the controller.
+
+Started and stopped by kopf's startup and cleanup handlers, so `kcg run` and an operator
+embedded with kopf's test runner behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import kopf
+
+from kcg_operator import metrics
+from kcg_operator.kube import Kube, load_client
+from kcg_operator.registry import REGISTRY, Key
+
+log = logging.getLogger(__name__)
+_kube: Kube | None = None
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube(load_client())
+    return _kube
+
+
+def forget(key: Key) -> None:
+    entry = REGISTRY.get(key)
+    REGISTRY.remove(key)
+    if entry is not None and entry.kcg is not None:
+        metrics.forget_group(key[0], key[1], entry.kcg.group_id)
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _thread
+    # Progress and diff-base go to annotations: a structural status schema would prune
+    # kopf's default status.kopf field, and status belongs to the controller loop.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kcg.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kcg.dev", key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    from kcg_operator.controller import Controller
+
+    interval = float(os.environ.get("KCG_CHECK_INTERVAL_SECONDS", "15"))
+    controller = Controller(kube(), REGISTRY, check_interval_s=interval)
+    _stop.clear()
+    _thread = threading.Thread(target=controller.run, args=(_stop,), name="kcg-controller",
+                               daemon=True)
+    _thread.start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    _stop.set()
+    REGISTRY.wake.set()
+    if _thread is not None:
+        _thread.join(timeout=10)
