@@ -37,7 +37,7 @@ lint: $(VENV)/.installed
 
 ## crds: regenerate crds/ from the API models
 crds: $(VENV)/.installed
-	$(VENV)/bin/kcg crd > crds/kcg.dev_kafkaconsumergroups.yaml
+	$(VENV)/bin/kcg crd --output crds/kcg.dev_kafkaconsumergroups.yaml
 
 ## up/down: the local stack (etcd, kube-apiserver, controller-manager, Kafka, PostgreSQL)
 up: setup

@@ -519,6 +519,78 @@ def down(quiet: bool = False) -> None:
         print(f"kcg-stack: stopped {len(procs)} processes", file=sys.stderr)
 
 
+def restart(name: str, sig: int | None = None, pause: float = 0.0,
+            timeout: float = 120.0) -> None:
+    """Stop one running component (e.g. "kafka", "postgres") and start it again, same port.
+
+    For recovery tests (the outbox relay across a broker or database restart): the command
+    line, working directory and user are taken from the running process, so the component
+    comes back exactly as `up` started it, on its data. Returns once Kafka or PostgreSQL
+    answers again (other components: once started).
+
+    `sig` defaults to a clean stop: SIGINT (fast shutdown) for PostgreSQL, because SIGTERM
+    makes it wait for every client to disconnect, and SIGTERM for the rest. `pause` keeps
+    the component down that many seconds before starting it.
+
+    While it is down, a placeholder process holds its slot in pids.json, so another test
+    session calling `read_state()` meanwhile does not take the stack for dead and start
+    over (which would tear the whole stack down). The new process is tied to this process
+    (PR_SET_PDEATHSIG) only if this process owns the stack, i.e. started the old one.
+    """
+    state = read_state()
+    if state is None:
+        raise StackError("the local stack is not running: make up")
+    procs = [Proc(**p) for p in json.loads((STATE / "pids.json").read_text())]
+    index = next((i for i, p in enumerate(procs) if p.name == name), None)
+    if index is None:
+        raise StackError(f"no stack component {name!r}; one of {[p.name for p in procs]}")
+    old = procs[index]
+    proc_dir = Path(f"/proc/{old.pid}")
+    cmd = [arg.decode() for arg in (proc_dir / "cmdline").read_bytes().split(b"\0")[:-1]]
+    cwd = os.readlink(proc_dir / "cwd")
+    uid = proc_dir.stat().st_uid
+    ppid = int((proc_dir / "stat").read_text().split(") ")[-1].split()[1])
+    owned = bool(state.get("owned")) and ppid == os.getpid()
+    as_user = pwd.getpwuid(uid) if uid != os.geteuid() else None
+
+    holder = subprocess.Popen(
+        ["sleep", str(int(pause + 2 * timeout + 60))], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_preexec(True, None),
+    )
+    procs[index] = Proc(name, holder.pid)
+    _save_pids(procs)
+    try:
+        os.kill(old.pid, sig if sig is not None else
+                (signal.SIGINT if name == "postgres" else signal.SIGTERM))
+        deadline = time.monotonic() + timeout
+        while _alive(old.pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(old.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(old.pid, os.WNOHANG)  # reap it when it is our child
+            time.sleep(0.05)
+        time.sleep(pause)
+        log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        new = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_preexec(owned, as_user), cwd=cwd,
+        )
+        log.close()
+        procs[index] = Proc(name, new.pid)
+        _save_pids(procs)
+    finally:
+        holder.kill()
+        holder.wait()
+    if name == "kafka":
+        bootstrap = str(state["KAFKA_BOOTSTRAP_SERVERS"])
+        _wait("kafka", lambda: _kafka_ready(bootstrap), timeout, [procs[index]])
+    elif name == "postgres":
+        port = int(str(state["OUTBOX_DSN"]).rsplit(":", 1)[1].split("/")[0])
+        _wait("postgresql", lambda: _postgres_ready(port), timeout, [procs[index]])
+
+
 def env_lines(state: dict[str, object]) -> str:
     keys = ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS", "OUTBOX_DSN", "KCG_STACK_DIR")
     lines = [f"export {k}={state[k]}" for k in keys]

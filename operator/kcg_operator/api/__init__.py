@@ -1,0 +1,1 @@
+"""The KafkaConsumerGroup API: pydantic models and the CRD generated from them."""

@@ -1,0 +1,1 @@
+"""The transactional-outbox relay (`kcg relay`): PostgreSQL outbox table to Kafka."""

@@ -1,0 +1,273 @@
+"""Publishing a round of rows to Kafka: pipelined, idempotent, outcome per row.
+
+Rows go to librdkafka's queue as they are fetched (`produce` never waits for the broker);
+its I/O thread batches them per partition while the relay fetches the next rows. The
+round then waits until every row has an outcome, and only acknowledged rows are marked
+done. The producer is idempotent with acks=all and an infinite message timeout, so within
+a partition Kafka receives the rows in produce order without gaps or duplicates from
+retries, and a broker outage only delays acknowledgements.
+
+Outcomes:
+  acked          published; the row is deleted.
+  poison         Kafka refuses this message for good (too large, invalid): the row goes to
+                 the dead-letter table with the error. Later rows of the same key are still
+                 published, so that key's consumers see a gap (the dead-letter row keeps
+                 its seq, key and error for re-driving).
+  missing topic  the topic does not exist (auto-creation is usually off): the row stays
+                 pending and so does every row routed to that topic (it is "held"), so
+                 that topic's order is kept; other topics flow on. Re-checked every few
+                 seconds.
+  retry          anything else (e.g. a fatal producer error): the row stays pending and is
+                 published again by the next round.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from kcg_operator.outbox.claim import DeadLetter, Row
+from kcg_operator.outbox.routing import TopicRouter
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    POISON = "poison"
+    MISSING_TOPIC = "missing_topic"
+    RETRY = "retry"
+
+
+# The message itself is refused; sending it again cannot help.
+POISON_CODES: Final = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError._INVALID_ARG,
+    }
+)
+MISSING_TOPIC_CODES: Final = frozenset(
+    {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
+)
+TOPIC_RECHECK_SECONDS: Final = 5.0
+TOPIC_KNOWN_SECONDS: Final = 300.0
+
+
+def classify(code: int, fatal: bool = False) -> Verdict:
+    """What to do with a row whose message failed with librdkafka error `code`."""
+    if fatal:
+        return Verdict.RETRY
+    if code in POISON_CODES:
+        return Verdict.POISON
+    if code in MISSING_TOPIC_CODES:
+        return Verdict.MISSING_TOPIC
+    return Verdict.RETRY
+
+
+def describe_error(err: KafkaError) -> str:
+    return f"{err.name()}: {err.str()}"
+
+
+@dataclass
+class RoundOutcome:
+    acked: list[int] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    retry: list[tuple[int, str]] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+
+    @property
+    def settled(self) -> int:
+        return len(self.acked) + len(self.dead) + len(self.retry) + len(self.held)
+
+
+class Publisher:
+    """A Producer plus the bookkeeping of one round's rows."""
+
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        router: TopicRouter,
+        on_kafka_state: Callable[[bool, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = kafka_config
+        self.router = router
+        self._on_kafka_state = on_kafka_state
+        self._clock = clock
+        # topic -> (exists, checked at); held topics are the ones known missing.
+        self._topics: dict[str, tuple[bool, float]] = {}
+        self.fatal: str | None = None
+        self.producer = self._new_producer()
+        self.outcome = RoundOutcome()
+        self.produced = 0
+        self._topic_of: dict[int, str] = {}
+
+    def _new_producer(self) -> Producer:
+        conf: dict[str, Any] = dict(self._config)
+        conf["error_cb"] = self._on_error
+        return Producer(conf)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = describe_error(err)
+            log.error("kafka producer fatal error: %s", self.fatal)
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._on_kafka_state(False, describe_error(err))
+        else:
+            log.warning("kafka: %s", describe_error(err))
+
+    def recreate(self) -> None:
+        """After a fatal error (e.g. the idempotent producer's epoch cannot be kept)."""
+        self.purge()
+        self.fatal = None
+        self.producer = self._new_producer()
+
+    def purge(self) -> None:
+        """Drop what has not been sent: its rows stay pending (the DB session is gone, or
+        we are stopping), so sending them now would only add duplicates."""
+        try:
+            self.producer.purge(in_queue=True, in_flight=False, blocking=False)
+            self.producer.poll(0)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("purge: %s", exc)
+
+    # ------------------------------------------------------------------ topics
+
+    def held_topics(self) -> set[str]:
+        now = self._clock()
+        return {
+            topic
+            for topic, (exists, at) in self._topics.items()
+            if not exists and now - at < TOPIC_RECHECK_SECONDS
+        }
+
+    def _topic_exists(self, topic: str) -> bool:
+        """Known to exist (or unknown because the broker is unreachable: produce anyway,
+        librdkafka queues); False only when the broker says the topic is missing."""
+        now = self._clock()
+        cached = self._topics.get(topic)
+        if cached is not None:
+            exists, at = cached
+            if now - at < (TOPIC_KNOWN_SECONDS if exists else TOPIC_RECHECK_SECONDS):
+                return exists
+        try:
+            metadata = self.producer.list_topics(topic, timeout=5)
+        except KafkaException as exc:
+            log.debug("metadata for %s: %s", topic, exc)
+            return True
+        found = metadata.topics.get(topic)
+        exists = found is not None and (
+            found.error is None or found.error.code() not in MISSING_TOPIC_CODES
+        )
+        if not exists:
+            log.warning("topic %s does not exist: its rows wait until it is created", topic)
+        self._topics[topic] = (exists, now)
+        return exists
+
+    # ------------------------------------------------------------------ a round
+
+    def begin_round(self) -> None:
+        self.outcome = RoundOutcome()
+        self.produced = 0
+        self._topic_of = {}
+
+    def publish(self, rows: Iterable[Row]) -> None:
+        """Queue `rows` for sending, in order. Never waits for the broker."""
+        producer = self.producer
+        router = self.router
+        delivered = self._delivered
+        held = self.held_topics()
+        for seq, event_id, aggregatetype, aggregateid, type_, payload in rows:
+            self.produced += 1
+            topic = router.topic(aggregatetype, aggregateid, type_)
+            if topic in held:
+                self.outcome.held.append(seq)
+                continue
+            problem = router.problem(topic)
+            if problem is not None:
+                self.outcome.dead.append(DeadLetter(seq, topic, f"invalid topic: {problem}"))
+                continue
+            known = self._topics.get(topic)
+            if (known is None or not known[0]) and not self._topic_exists(topic):
+                held.add(topic)
+                self.outcome.held.append(seq)
+                continue
+            self._topic_of[seq] = topic
+            while True:
+                try:
+                    producer.produce(
+                        topic,
+                        payload,
+                        aggregateid,
+                        headers=[("id", event_id), ("type", type_)],
+                        on_delivery=partial(delivered, seq),
+                    )
+                    break
+                except BufferError:
+                    # librdkafka's queue is full: serve delivery reports to make room.
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    err: KafkaError = exc.args[0]
+                    self._settle_failed(seq, err)
+                    break
+        producer.poll(0)
+
+    def _delivered(self, seq: int, err: KafkaError | None, _msg: object) -> None:
+        if err is None:
+            self.outcome.acked.append(seq)
+        else:
+            self._settle_failed(seq, err)
+
+    def _settle_failed(self, seq: int, err: KafkaError) -> None:
+        verdict = classify(err.code(), err.fatal())
+        topic = self._topic_of.get(seq)
+        if verdict is Verdict.POISON:
+            self.outcome.dead.append(DeadLetter(seq, topic, describe_error(err)))
+        elif verdict is Verdict.MISSING_TOPIC:
+            if topic is not None:
+                self._topics[topic] = (False, self._clock())
+            self.outcome.held.append(seq)
+        else:
+            self.outcome.retry.append((seq, describe_error(err)))
+
+    @property
+    def outstanding(self) -> int:
+        return self.produced - self.outcome.settled
+
+    def wait(self, keep_waiting: Callable[[], bool]) -> bool:
+        """Serve delivery reports until every row of the round has an outcome; False if
+        `keep_waiting` gave up first (stopping, or the round took too long)."""
+        while self.outstanding > 0:
+            # flush, not poll: it sends what lingers (linger.ms) right away, since nothing
+            # more is coming in this round.
+            self.producer.flush(0.05)
+            if self.outstanding > 0 and not keep_waiting():
+                return False
+        if self.outcome.acked:
+            self._on_kafka_state(True, "")
+        return True
+
+    def check_connection(self, timeout: float = 2.0) -> bool:
+        """A metadata round trip: is any broker reachable?"""
+        try:
+            self.producer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            self._on_kafka_state(False, str(exc))
+            return False
+        self._on_kafka_state(True, "")
+        return True
+
+    def close(self, timeout: float) -> None:
+        self.producer.flush(timeout)

@@ -1,0 +1,1 @@
+"""Pure rendering of what the operator owns: consumer properties, ConfigMap, Deployment."""

@@ -1,0 +1,330 @@
+"""The kcg scaling policy: bounds for every input, stabilization, errors, stalls, pause."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kcg_operator.api.models import ScalingSpec
+from kcg_operator.scaling.health import OK, STALL, STOP
+from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
+
+pytestmark = pytest.mark.unit
+
+T = "orders"
+
+
+def spec(**kwargs: Any) -> ScalingSpec:
+    return ScalingSpec.model_validate(kwargs)
+
+
+def obs(
+    t: float,
+    ends: Sequence[int],
+    committed: Sequence[int | None],
+    replicas: int,
+    *,
+    broker_ok: bool = True,
+    statuses: Mapping[int, str] | None = None,
+    assignment: Mapping[str, Sequence[int]] | None = None,
+) -> Observation:
+    return Observation(
+        time_s=t,
+        end_offsets={(T, p): e for p, e in enumerate(ends)} if broker_ok else {},
+        committed={(T, p): c for p, c in enumerate(committed)} if broker_ok else {},
+        replicas=replicas,
+        partitions=len(ends),
+        broker_ok=broker_ok,
+        statuses={(T, p): s for p, s in (statuses or {}).items()},
+        assignment=(
+            None
+            if assignment is None
+            else {m: [(T, p) for p in ps] for m, ps in assignment.items()}
+        ),
+    )
+
+
+def run(
+    observations: Sequence[Observation], s: ScalingSpec, follow: bool = True
+) -> list[Decision]:
+    """Feed observations in order; with ``follow``, later replicas follow earlier patches."""
+    state = PolicyState()
+    decisions: list[Decision] = []
+    replicas: int | None = None
+    for o in observations:
+        if follow and replicas is not None:
+            o = Observation(
+                o.time_s, o.end_offsets, o.committed, replicas, o.partitions, o.broker_ok,
+                o.statuses, o.assignment, o.ready_replicas,
+            )  # fmt: skip
+        d, state = decide(o, s, state)
+        decisions.append(d)
+        replicas = d.desired if d.should_patch else o.replicas
+    return decisions
+
+
+# -- properties ---------------------------------------------------------------------------
+
+specs = st.builds(
+    lambda mn, mx, lag, tl, stab, poll, stz, idle, paused: spec(
+        minReplicas=mn,
+        maxReplicas=mx,
+        lagPerReplica=lag,
+        maxTimeLagSeconds=tl,
+        scaleDownStabilizationSeconds=stab,
+        pollIntervalSeconds=poll,
+        scaleToZero={"enabled": stz, "idleSeconds": idle},
+        paused=paused,
+    ),
+    st.integers(0, 6),
+    st.integers(1, 40),
+    st.integers(1, 5000),
+    st.one_of(st.none(), st.integers(1, 600)),
+    st.integers(0, 600),
+    st.integers(1, 60),
+    st.booleans(),
+    st.integers(30, 900),
+    st.booleans(),
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Observation]:
+    partitions = draw(st.integers(1, 24))
+    steps = draw(st.integers(1, 12))
+    t = 0.0
+    ends = [draw(st.integers(0, 10_000)) for _ in range(partitions)]
+    committed: list[int | None] = [
+        draw(st.one_of(st.none(), st.integers(0, e))) for e in ends
+    ]
+    out = []
+    for _ in range(steps):
+        t += draw(st.integers(1, 120))
+        ends = [e + draw(st.integers(0, 5000)) for e in ends]
+        committed = [
+            None if c is None and draw(st.booleans()) else draw(st.integers(c or 0, e))
+            for c, e in zip(committed, ends, strict=True)
+        ]
+        statuses = {
+            p: draw(st.sampled_from([OK, OK, "WARN", STOP, STALL, "REWIND"]))
+            for p in range(partitions)
+        }
+        members = draw(st.integers(0, partitions + 3))
+        assignment = {f"m{i}": list(range(i, partitions, max(members, 1))) for i in range(members)}
+        out.append(
+            obs(
+                t,
+                ends,
+                committed,
+                replicas=draw(st.integers(0, 50)),
+                broker_ok=draw(st.booleans()) or not out,
+                statuses=statuses,
+                assignment=assignment if draw(st.booleans()) else None,
+            )
+        )
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, histories())
+def test_cap_and_floor_hold_for_every_input(s: ScalingSpec, history: list[Observation]) -> None:
+    for d in run(history, s, follow=False):
+        partitions = d.partitions
+        assert d.desired <= min(partitions, s.max_replicas)
+        if not s.scale_to_zero.enabled:
+            assert d.desired >= min(max(s.min_replicas, 1), partitions, s.max_replicas)
+        else:
+            assert d.desired >= 0
+        if s.paused:
+            assert not d.should_patch
+        assert d.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs, histories(), st.integers(0, 50))
+def test_broker_errors_never_lower_replicas(
+    s: ScalingSpec, history: list[Observation], current: int
+) -> None:
+    state = PolicyState()
+    for o in history:
+        _, state = decide(o, s, state)
+    partitions = history[-1].partitions or 1
+    failed = Observation(
+        time_s=history[-1].time_s + 15, end_offsets={}, committed={}, replicas=current,
+        partitions=partitions, broker_ok=False,
+    )  # fmt: skip
+    d, after = decide(failed, s, state)
+    if current <= min(partitions, s.max_replicas):
+        assert d.desired >= current
+    assert d.desired <= min(partitions, s.max_replicas)
+    assert after == state
+
+
+@settings(max_examples=100, deadline=None)
+@given(specs.filter(lambda s: s.paused), histories())
+def test_paused_computes_but_never_patches(s: ScalingSpec, history: list[Observation]) -> None:
+    for d in run(history, s, follow=False):
+        assert not d.should_patch
+        assert d.paused
+        assert d.reason.startswith("paused: ")
+
+
+# -- examples -----------------------------------------------------------------------------
+
+
+def test_lag_rule_and_the_reason_reads_like_the_design() -> None:
+    s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=1000)
+    d, _ = decide(obs(0, [10_000] * 12, [5_000] * 12, replicas=3), s)
+    assert d.desired == 12
+    assert d.should_patch
+    assert d.capped_by == "partitions"
+    assert d.reason.startswith("scaled 3→12: lag 60 000 over 1 000/replica on 12 partitions")
+    assert d.reason.endswith("cap 12 partitions")
+
+
+def test_a_backlog_on_one_partition_asks_for_one_replica() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=100)
+    ends = [1_000_000] + [0] * 11
+    d, _ = decide(obs(0, ends, [0] * 12, replicas=1), s)
+    assert d.desired == 1
+
+
+def test_never_above_max_replicas_even_with_more_partitions() -> None:
+    s = spec(minReplicas=1, maxReplicas=4, lagPerReplica=10)
+    d, _ = decide(obs(0, [1000] * 12, [0] * 12, replicas=2), s)
+    assert d.desired == 4
+    assert d.capped_by == "maxReplicas"
+
+
+def test_replicas_above_the_cap_come_down_to_it_at_once() -> None:
+    s = spec(minReplicas=1, maxReplicas=10, lagPerReplica=10)
+    d, _ = decide(obs(0, [1000] * 6, [0] * 6, replicas=9), s)
+    assert d.desired == 6
+
+
+def test_stalled_partition_does_not_raise_replicas() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=100, maxTimeLagSeconds=60)
+    history = []
+    for i in range(8):
+        ends = [1000 + 500 * i] + [1000 + 100 * i] * 3
+        committed = [1000] + [1000 + 100 * i] * 3
+        history.append(obs(15.0 * i, ends, committed, replicas=2, statuses={0: STALL}))
+    decisions = run(history, s)
+    assert all(d.desired == 2 for d in decisions[1:])
+    assert "ignoring lag on non-progressing orders/0 STALL" in decisions[-1].reason
+    # The same lag on a progressing partition does scale up.
+    plain = [
+        obs(o.time_s, list(o.end_offsets.values()), list(o.committed.values()), replicas=2)
+        for o in history
+    ]
+    assert max(d.desired for d in run(plain, s)) > 2
+
+
+def test_stopped_partitions_do_not_keep_a_scaled_to_zero_group_asleep() -> None:
+    s = spec(minReplicas=0, maxReplicas=5, scaleToZero={"enabled": True, "idleSeconds": 60})
+    d, _ = decide(obs(0, [50, 0], [0, 0], replicas=0, statuses={0: STOP}), s)
+    assert d.desired == 1
+
+
+def test_scale_up_is_prompt_and_scale_down_waits_for_the_window() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=1000, scaleDownStabilizationSeconds=300)
+    history = [obs(0, [8000] * 6, [0] * 6, replicas=1)]
+    history += [obs(15.0 * i, [8000] * 6, [8000] * 6, replicas=1) for i in range(1, 30)]
+    decisions = run(history, s)
+    assert decisions[0].desired == 6
+    held = [d for d in decisions[1:] if d.time_ok] if False else decisions[1:]
+    # Lag is gone from t=15, but the high recommendation of t=0 holds for 300 s.
+    for i, d in enumerate(held, start=1):
+        t = 15.0 * i
+        if t < 300:
+            assert d.desired == 6, (t, d.reason)
+            assert d.capped_by == "stabilization"
+    assert decisions[-1].desired == 1
+
+
+def test_zero_stabilization_scales_down_at_once() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=1000, scaleDownStabilizationSeconds=0)
+    decisions = run([obs(0, [8000] * 6, [0] * 6, 1), obs(15, [8000] * 6, [8000] * 6, 1)], s)
+    assert [d.desired for d in decisions] == [6, 1]
+
+
+def test_a_fresh_state_does_not_scale_down_before_a_window() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=1000)
+    d, _ = decide(obs(0, [0] * 6, [0] * 6, replicas=5), s)
+    assert d.desired == 5
+
+
+def test_broker_error_keeps_replicas_and_says_why() -> None:
+    s = spec(minReplicas=0, maxReplicas=12, scaleToZero={"enabled": True, "idleSeconds": 30})
+    d, _ = decide(obs(0, [0] * 6, [0] * 6, replicas=4, broker_ok=False), s)
+    assert d.desired == 4
+    assert not d.should_patch
+    assert d.reason == "broker unreachable: keeping 4 replicas"
+
+
+def test_scale_to_zero_only_when_enabled_idle_long_enough_and_broker_answered() -> None:
+    s = spec(
+        minReplicas=1,
+        maxReplicas=6,
+        scaleDownStabilizationSeconds=0,
+        scaleToZero={"enabled": True, "idleSeconds": 60},
+    )
+    quiet = [obs(15.0 * i, [100] * 3, [100] * 3, replicas=1) for i in range(8)]
+    decisions = run(quiet, s)
+    assert [d.desired for d in decisions[:5]] == [1, 1, 1, 1, 1]  # idle since t=0, 60 s at t=60
+    assert decisions[5].desired == 0
+    assert "idle" in decisions[5].reason
+    # Broker errors while idle do not scale to zero.
+    errors = [
+        obs(15.0 * i, [100] * 3, [100] * 3, replicas=1, broker_ok=i == 0) for i in range(8)
+    ]
+    assert all(d.desired == 1 for d in run(errors, s))
+    # Without scaleToZero, never below the floor.
+    off = spec(minReplicas=1, maxReplicas=6, scaleDownStabilizationSeconds=0)
+    assert all(d.desired == 1 for d in run(quiet, off))
+
+
+def test_new_messages_wake_a_group_at_zero() -> None:
+    s = spec(minReplicas=0, maxReplicas=6, scaleToZero={"enabled": True, "idleSeconds": 60})
+    decisions = run(
+        [obs(0, [100] * 3, [100] * 3, replicas=0), obs(15, [130, 100, 100], [100] * 3, 0)], s
+    )
+    assert decisions[0].desired == 0
+    assert decisions[1].desired == 1
+
+
+def test_time_rule_scales_for_production_with_partitions_spread_by_count() -> None:
+    # 12 partitions at 60 msg/s each, consumers do 100 msg/s: two partitions per consumer
+    # would be 120/s, so only one partition per consumer keeps up.
+    s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    members = {f"m{i}": list(range(i, 12, 6)) for i in range(6)}
+    first = obs(0, [0] * 12, [0] * 12, replicas=6, assignment=members)
+    # Each consumer did its 100/s over 15 s, split over its two partitions.
+    second = obs(15, [900] * 12, [750] * 12, replicas=6, assignment=members)
+    decisions = run([first, second], s)
+    assert decisions[1].desired == 12
+    assert decisions[1].per_replica_rate == pytest.approx(100)
+    assert "drain within 60 s" in decisions[1].reason
+
+
+def test_time_rule_without_need_for_isolation_uses_the_total() -> None:
+    s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    members = {f"m{i}": list(range(i, 12, 2)) for i in range(2)}
+    first = obs(0, [0] * 12, [0] * 12, replicas=2, assignment=members)
+    # 20 msg/s per partition: 240/s in total, 100/s per consumer: three consumers.
+    second = obs(15, [300] * 12, [250] * 12, replicas=2, assignment=members)
+    third = obs(30, [600] * 12, [500] * 12, replicas=2, assignment=members)
+    decisions = run([first, second, third], s, follow=False)
+    assert decisions[2].desired in (3, 4)
+
+
+def test_paused_reports_what_it_would_do() -> None:
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=1000, paused=True)
+    d, _ = decide(obs(0, [8000] * 6, [0] * 6, replicas=1), s)
+    assert d.desired == 6
+    assert not d.should_patch
+    assert d.reason.startswith("paused: scaled 1→6")
