@@ -19,8 +19,10 @@ def condition(
     steady state produces identical conditions (and no API writes)."""
     status_text = "Unknown" if status is None else ("True" if status else "False")
     old = next((c for c in previous or () if c.get("type") == type_), None)
-    changed = old is None or old.get("status") != status_text
-    transition = (now or now_rfc3339()) if changed else str(old["lastTransitionTime"])
+    if old is not None and old.get("status") == status_text and old.get("lastTransitionTime"):
+        transition = str(old["lastTransitionTime"])
+    else:
+        transition = now or now_rfc3339()
     out: dict[str, Any] = {
         "type": type_, "status": status_text, "reason": reason, "message": message,
         "lastTransitionTime": transition,

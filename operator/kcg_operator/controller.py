@@ -134,10 +134,12 @@ class Controller:
             obs = Observation(
                 time_s=now,
                 end_offsets={tp: end for tp, (end, _) in snap.offsets.items()},
-                committed={tp: c for tp, (_, c) in snap.offsets.items()},
+                committed={tp: (0 if c is None and entry.starts_from_earliest else c)
+                           for tp, (_, c) in snap.offsets.items()},
                 replicas=current, partitions=snap.partitions or None,
                 broker_ok=snap.broker_ok and not snap.missing_topics,
                 statuses=statuses, ready_replicas=ready,
+                assignment={m.member_id: list(m.assigned) for m in snap.members} or None,
             )
             decision, entry.policy = decide(obs, kcg.spec.scaling, entry.policy)
             if decision.should_patch and decision.desired != current:
@@ -155,12 +157,13 @@ class Controller:
             return statuses, lag_seconds
         kcg = entry.kcg
         assert kcg is not None
-        owned = bool(snap.members)
+        owned = {tp for m in snap.members for tp in m.assigned}
         labels = (kcg.metadata.namespace or "", kcg.metadata.name, kcg.group_id)
         for tp, (end, committed) in snap.offsets.items():
             window = entry.windows.setdefault(tp, CommitWindow())
-            window.record(committed, end, snap.time_s, owner_alive=owned)
-            lag = max(end - (committed or 0), 0) if committed is not None else 0
+            window.record(committed, end, snap.time_s, owner_alive=tp in owned)
+            start = 0 if entry.starts_from_earliest else end
+            lag = max(end - (start if committed is None else committed), 0)
             statuses[tp] = window.status(lag, snap.time_s)
             table = entry.timelag.setdefault(tp, OffsetTimeTable())
             table.add(end, snap.time_s)
@@ -251,7 +254,8 @@ class Controller:
         if snap.broker_ok:
             group = health.group_status(statuses.values()) if statuses else "OK"
             total = decision.total_lag if decision else sum(
-                max(e - c, 0) for e, c in snap.offsets.values() if c is not None)
+                max(e - (c if c is not None else (0 if entry.starts_from_earliest else e)), 0)
+                for e, c in snap.offsets.values())
             max_seconds = round(max(lag_seconds.values(), default=0.0), 1)
             status.update(partitions=snap.partitions, totalLag=total, lagStatus=group,
                           maxTimeLagSeconds=max_seconds)

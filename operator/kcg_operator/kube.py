@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kcg_operator.api.models import API_VERSION, GROUP, PLURAL, VERSION
 from kcg_operator.conditions import now_rfc3339
@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 def load_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the current kube context."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -45,15 +45,17 @@ class Kube:
         kw: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
                               "_content_type": APPLY}
         self.writes += 1
+        result: Any
         if obj["kind"] == "ConfigMap":
             result = self.core.patch_namespaced_config_map(
-                meta["name"], meta["namespace"], obj, **kw)
+                meta["name"], meta["namespace"], dict(obj), **kw)
         elif obj["kind"] == "Deployment":
             result = self.apps.patch_namespaced_deployment(
-                meta["name"], meta["namespace"], obj, **kw)
+                meta["name"], meta["namespace"], dict(obj), **kw)
         else:
             raise ValueError(f"cannot apply kind {obj['kind']}")
-        out: dict[str, Any] = self.api.sanitize_for_serialization(result)
+        out: dict[str, Any] = self.api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            result)
         return out
 
     def deployment_replicas(self, namespace: str, name: str) -> tuple[int, int] | None:
@@ -64,7 +66,8 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return int(dep.spec.replicas or 0), int(dep.status.ready_replicas or 0)
+        ready = dep.status.ready_replicas if dep.status else 0
+        return int(dep.spec.replicas or 0) if dep.spec else 0, int(ready or 0)
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self.writes += 1
@@ -86,9 +89,13 @@ class Kube:
         self.writes += 1
         body = {"apiVersion": f"{API_VERSION}", "kind": "KafkaConsumerGroup",
                 "metadata": {"name": name, "namespace": namespace}, "status": dict(status)}
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, body,
-            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body,
+                field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: its watch event will forget it
+                raise
 
     def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the KafkaConsumerGroup, like `kubectl describe` shows."""
@@ -96,7 +103,8 @@ class Kube:
         now = now_rfc3339()
         self.writes += 1
         try:
-            self.core.create_namespaced_event(meta["namespace"], {
+            events: Any = self.core
+            events.create_namespaced_event(meta["namespace"], {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
                 "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
                                    "name": meta["name"], "namespace": meta["namespace"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 GROUP_LABELS = ("namespace", "name", "group")
@@ -35,7 +37,5 @@ groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
 def forget_group(namespace: str, name: str, group: str) -> None:
     """Drop a deleted group's series so dashboards do not show ghosts."""
     for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas):
-        try:
+        with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
-        except KeyError:
-            pass

@@ -40,6 +40,9 @@ class Entry:
     cluster: ClusterKey | None = None
     auth: Mapping[str, str] | None = None  # credentials: never logged
     reconciled: Reconciled | None = None
+    # Where a consumer starts on a partition the group never committed (auto.offset.reset):
+    # with earliest, that partition's whole log is lag.
+    starts_from_earliest: bool = False
     next_poll: float = 0.0
     dirty: bool = True
     policy: PolicyState = field(default_factory=PolicyState)

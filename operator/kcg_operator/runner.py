@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 import kopf
@@ -27,13 +26,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose)  # kopf's log format, also for our loggers
     # Importing registers the handlers with kopf's default registry.
-    import kcg_operator.handlers.workload  # noqa: F401
+    import kcg_operator.handlers.workload
     import kcg_operator.runtime  # noqa: F401
 
     if args.metrics_port:

@@ -59,7 +59,9 @@ def kubectl(cluster: dict[str, str]) -> Callable[..., subprocess.CompletedProces
     if not Path(binary).exists():
         binary = "kubectl"
 
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([binary, *args], input=stdin, capture_output=True, text=True,
                               env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"]}, timeout=60)
         if check and proc.returncode != 0:

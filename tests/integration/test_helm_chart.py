@@ -258,15 +258,12 @@ def _can_run_the_operator_in(sa: client.ApiClient, kube: client.ApiClient, ns: s
     assert [item["metadata"]["name"] for item in listed["items"]] == [name]
     assert name in _watch_kcgs(custom, ns)
     custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, name,
-        {"metadata": {"finalizers": ["kopf.zalando.org/KopfFinalizerMarker"],
-                      "annotations": {"kcg.dev/test": "patched"}}})
+    patched = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {"kcg.dev/test": "1"}}})
+    assert patched["metadata"]["annotations"]["kcg.dev/test"] == "1"
     status = custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, ns, PLURAL, name, {"status": {"observedGeneration": 1}})
     assert status["status"]["observedGeneration"] == 1
-    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
-                                          {"metadata": {"finalizers": None}})
 
     apps.create_namespaced_deployment(ns, _deployment("consumer"))
     apps.patch_namespaced_deployment("consumer", ns, {"spec": {"replicas": 3}})

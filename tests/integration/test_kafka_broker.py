@@ -17,7 +17,8 @@ def _lag_by_partition(admin: AdminClient, group: str, topic: str, partitions: in
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     committed_future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])
-    committed = {tp.partition: tp.offset for tp in committed_future[group].result().topic_partitions}
+    result = committed_future[group].result()
+    committed = {tp.partition: tp.offset for tp in result.topic_partitions}
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps})
     return [ends[tp].result().offset - max(committed[tp.partition], 0) for tp in tps]
 

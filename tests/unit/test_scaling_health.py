@@ -12,6 +12,7 @@ from kcg_operator.scaling.health import (
     STOP,
     WARN,
     CommitWindow,
+    HealthTracker,
     group_status,
     partition_status,
 )
@@ -143,3 +144,18 @@ def test_commit_window_of_a_healthy_consumer_is_ok() -> None:
     for i in range(12):
         window.record(committed=100 * i, end_offset=100 * i + (0 if i % 3 else 20), now_s=15.0 * i)
     assert window.status(current_lag=0, now_s=165) == OK
+
+
+def test_health_tracker_follows_a_group_and_forgets_vanished_partitions() -> None:
+    tracker: HealthTracker[tuple[str, int]] = HealthTracker(intervals=5)
+    statuses = {}
+    for i in range(8):
+        offsets = {
+            ("t", 0): (100 * i, 100 * i),  # caught up
+            ("t", 1): (1000 + 100 * i, 1000),  # owned, committed offset stuck: stalled
+            ("t", 2): (1000 + 100 * i, 900),  # owner gone: stopped
+        }
+        statuses = tracker.observe(15.0 * i, offsets, owned={("t", 0), ("t", 1)})
+    assert statuses == {("t", 0): OK, ("t", 1): STALL, ("t", 2): STOP}
+    tracker.observe(120.0, {("t", 0): (800, 800)})
+    assert set(tracker.windows) == {("t", 0)}

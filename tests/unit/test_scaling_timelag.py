@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kcg_operator.scaling.timelag import (
     OffsetTimeTable,
+    TimeLagTracker,
     add_point,
     produced_at,
     time_lag_seconds,
@@ -72,7 +75,7 @@ def test_table_memory_is_bounded_and_monotonic(steps: list[int]) -> None:
         table.add(offset, float(i))
     assert len(table.points) <= 20
     pts = list(table.points)
-    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(pts, pts[1:], strict=False))
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in pairwise(pts))
 
 
 @given(
@@ -92,3 +95,15 @@ def test_estimate_lies_within_the_table_when_interpolating(
     lag = table.time_lag(committed, now_s=float(len(steps) - 1))
     assert lag is not None
     assert 0.0 <= lag <= len(steps) - 1
+
+
+def test_tracker_gives_seconds_per_partition() -> None:
+    tracker: TimeLagTracker[str] = TimeLagTracker(limit=10)
+    lags: dict[str, float | None] = {}
+    for i in range(10):
+        # 10 messages/s on "a"; the group stopped at offset 200 (produced at t=20).
+        lags = tracker.observe(float(i * 10), {"a": (i * 100, min(i * 100, 200)), "b": (0, None)})
+    assert lags["a"] == pytest.approx(70.0)
+    assert lags["b"] is None
+    assert set(tracker.observe(100.0, {"a": (1000, 1000)})) == {"a"}
+    assert set(tracker.tables) == {"a"}

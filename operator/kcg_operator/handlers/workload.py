@@ -59,7 +59,8 @@ def initial_replicas(kcg: KafkaConsumerGroup, current: int | None) -> int:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+def reconcile(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None  # the CRD is namespaced
     key = (namespace, name)
     generation = body.metadata.get("generation")
     try:
@@ -90,6 +91,9 @@ def reconcile(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
         except ConsumerConfigError as exc:
             _record(key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
             raise kopf.PermanentError(str(exc)) from None
+        entry.starts_from_earliest = (
+            workload.config.consumer.get("auto.offset.reset", "latest") in ("earliest",
+                                                                             "smallest"))
         kube.apply(workload.config_map)
         kube.apply(workload.deployment)
     config_id = workload.deployment["spec"]["template"]["metadata"]["annotations"][
@@ -103,9 +107,10 @@ def reconcile(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
+          **_: Any) -> None:
     """Keep the registry in step with the apiserver, including deletions."""
-    key = (namespace, name)
+    key = (namespace or "", name)
     if event["type"] == "DELETED":
         runtime.forget(key)
         return
@@ -113,10 +118,11 @@ def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str, **_:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={GROUP_LABEL: kopf.PRESENT})
-def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str, **_: Any) -> None:
+def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
+                     **_: Any) -> None:
     """Current and ready replicas of our Deployments, without a read per sweep."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
-    entry = REGISTRY.get((namespace, owner)) if owner else None
+    entry = REGISTRY.get((namespace or "", owner)) if owner else None
     if entry is None:
         return
     if event["type"] == "DELETED":

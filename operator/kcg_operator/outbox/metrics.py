@@ -56,5 +56,6 @@ class RelayMetrics:
             registry=r,
         )
         self.db_reconnects = Counter(
-            f"{PREFIX}_database_reconnects", "Database sessions lost and re-opened.", registry=r
+            f"{PREFIX}_database_reconnects", "Database sessions re-opened after one was lost.",
+            registry=r,
         )

@@ -125,6 +125,10 @@ class Publisher:
             log.error("kafka producer fatal error: %s", self.fatal)
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._on_kafka_state(False, describe_error(err))
+        elif err.code() == KafkaError._TRANSPORT:
+            # Repeats every reconnect attempt while a broker is away; the state change is
+            # logged once (all brokers down / reachable again).
+            log.debug("kafka: %s", describe_error(err))
         else:
             log.warning("kafka: %s", describe_error(err))
 
@@ -187,7 +191,9 @@ class Publisher:
         """Queue `rows` for sending, in order. Never waits for the broker."""
         producer = self.producer
         router = self.router
-        delivered = self._delivered
+        # Reports of an abandoned round (the database went away mid-round) may still come
+        # in; tying each report to its round keeps them out of the current round's count.
+        delivered = partial(self._delivered, self.outcome)
         held = self.held_topics()
         for seq, event_id, aggregatetype, aggregateid, type_, payload in rows:
             self.produced += 1
@@ -224,23 +230,28 @@ class Publisher:
                     break
         producer.poll(0)
 
-    def _delivered(self, seq: int, err: KafkaError | None, _msg: object) -> None:
+    def _delivered(
+        self, outcome: RoundOutcome, seq: int, err: KafkaError | None, _msg: object
+    ) -> None:
+        if outcome is not self.outcome:
+            return
         if err is None:
-            self.outcome.acked.append(seq)
+            outcome.acked.append(seq)
         else:
             self._settle_failed(seq, err)
 
     def _settle_failed(self, seq: int, err: KafkaError) -> None:
         verdict = classify(err.code(), err.fatal())
         topic = self._topic_of.get(seq)
+        outcome = self.outcome
         if verdict is Verdict.POISON:
-            self.outcome.dead.append(DeadLetter(seq, topic, describe_error(err)))
+            outcome.dead.append(DeadLetter(seq, topic, describe_error(err)))
         elif verdict is Verdict.MISSING_TOPIC:
             if topic is not None:
                 self._topics[topic] = (False, self._clock())
-            self.outcome.held.append(seq)
+            outcome.held.append(seq)
         else:
-            self.outcome.retry.append((seq, describe_error(err)))
+            outcome.retry.append((seq, describe_error(err)))
 
     @property
     def outstanding(self) -> int:

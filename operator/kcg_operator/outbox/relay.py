@@ -96,6 +96,7 @@ class Relay:
         self._poll_delay = 0.0
         self._published = 0
         self._round_started = 0.0
+        self._sessions = 0
 
     # ------------------------------------------------------------------ control
 
@@ -144,6 +145,9 @@ class Relay:
 
     def _connect(self) -> None:
         self.store.connect()
+        if self._sessions:
+            self.metrics.db_reconnects.inc()
+        self._sessions += 1
         self.owned = frozenset()
         self._next_rebalance = 0.0
         log.info("connected to PostgreSQL, table %s (relay %s, session %d)",
@@ -151,7 +155,7 @@ class Relay:
         self.health.update(database=True, database_error="")
 
     def _lost_database(self, exc: BaseException) -> None:
-        was_connected = self.store.connected
+        was_connected = self.health.snapshot().database
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if was_connected or self.health.snapshot().database_error != message:
             log.warning("database: %s (shards released; reconnecting)", message)
@@ -160,8 +164,6 @@ class Relay:
         self.store.close()
         if self.publisher is not None:
             self.publisher.purge()
-        if was_connected:
-            self.metrics.db_reconnects.inc()
         self.owned = frozenset()
         self.metrics.owned_shards.set(0)
         self.health.update(database=False, database_error=message, owned_shards=0)

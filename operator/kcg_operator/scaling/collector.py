@@ -21,9 +21,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import OffsetSpec as _OffsetSpec  # type: ignore[attr-defined]
 
+OffsetSpec: Any = _OffsetSpec  # untyped in confluent-kafka's stubs
+LATEST = OffsetSpec.latest()
 # librdkafka's sentinel for "no committed offset".
 NO_OFFSET = -1001
 
@@ -56,7 +63,11 @@ class Member:
     member_id: str
     client_id: str
     host: str
-    partitions: int
+    assigned: tuple[tuple[str, int], ...]
+
+    @property
+    def partitions(self) -> int:
+        return len(self.assigned)
 
 
 @dataclass
@@ -151,7 +162,7 @@ class LagCollector:
 
         tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
         ends_f = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in tps}, request_timeout=self._timeout
+            {tp: LATEST for tp in tps}, request_timeout=self._timeout
         ) if tps else {}
         committed_f: dict[str, Future[Any]] = {}
         for g in requests:
@@ -210,7 +221,8 @@ class LagCollector:
         snap.assignor = desc.partition_assignor or None
         snap.members = tuple(
             Member(m.member_id, m.client_id, m.host,
-                   len(m.assignment.topic_partitions) if m.assignment else 0)
+                   tuple((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+                   if m.assignment else ())
             for m in desc.members
         )
         return snap

@@ -34,9 +34,12 @@ the window the rules need.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 OK = "OK"
 WARN = "WARN"
@@ -179,3 +182,37 @@ class CommitWindow:
         return partition_status(
             list(self.commits), list(self.broker_offsets), current_lag, now_s, allowed_lag
         )
+
+
+class HealthTracker(Generic[K]):
+    """Commit windows for every partition of one group; call :meth:`observe` each sweep.
+
+    ``offsets`` maps a partition key to (end offset, committed offset or None), as the
+    collector's snapshot has them; ``owned`` is the set of partitions a live member owns
+    (from describe group), or None when unknown (then every partition counts as owned).
+    Partitions that disappear from ``offsets`` are forgotten.
+    """
+
+    def __init__(self, intervals: int = 10, allowed_lag: int = 0) -> None:
+        self.intervals = intervals
+        self.allowed_lag = allowed_lag
+        self.windows: dict[K, CommitWindow] = {}
+
+    def observe(
+        self,
+        time_s: float,
+        offsets: Mapping[K, tuple[int, int | None]],
+        owned: Collection[K] | None = None,
+    ) -> dict[K, str]:
+        """Record one sweep and return each partition's status."""
+        for gone in set(self.windows) - set(offsets):
+            del self.windows[gone]
+        statuses: dict[K, str] = {}
+        for key, (end, committed) in offsets.items():
+            window = self.windows.get(key)
+            if window is None:
+                window = self.windows[key] = CommitWindow(self.intervals)
+            window.record(committed, end, time_s, owned is None or key in owned)
+            lag = 0 if committed is None else max(0, end - committed)
+            statuses[key] = window.status(lag, time_s, self.allowed_lag)
+        return statuses

@@ -83,6 +83,32 @@ class Observation:
     assignment: Mapping[str, Sequence[PartitionKey]] | None = None
     ready_replicas: int | None = None
 
+    @classmethod
+    def from_offsets(
+        cls,
+        time_s: float,
+        offsets: Mapping[PartitionKey, tuple[int, int | None]],
+        replicas: int,
+        *,
+        partitions: int | None = None,
+        broker_ok: bool = True,
+        statuses: Mapping[PartitionKey, str] | None = None,
+        assignment: Mapping[str, Sequence[PartitionKey]] | None = None,
+        ready_replicas: int | None = None,
+    ) -> Observation:
+        """Build from a (topic, partition) -> (end offset, committed or None) mapping."""
+        return cls(
+            time_s=time_s,
+            end_offsets={k: end for k, (end, _) in offsets.items()},
+            committed={k: committed for k, (_, committed) in offsets.items()},
+            replicas=replicas,
+            partitions=partitions,
+            broker_ok=broker_ok,
+            statuses=statuses or {},
+            assignment=assignment,
+            ready_replicas=ready_replicas,
+        )
+
     @property
     def partition_count(self) -> int:
         return len(self.end_offsets) if self.partitions is None else self.partitions
@@ -121,6 +147,7 @@ class Decision:
     total_lag: int
     lag_status: str
     max_time_lag_seconds: float | None = None
+    time_lag_seconds: Mapping[PartitionKey, float | None] = field(default_factory=dict)
     production_rate: float | None = None
     per_replica_rate: float | None = None
     paused: bool = False
@@ -279,6 +306,8 @@ def _decide_observed(
         reason = f"paused: {reason}"
 
     statuses = [s for k, s in obs.statuses.items() if k in obs.end_offsets]
+    time_lags = _time_lags(obs, history)
+    known = [lag for lag in time_lags.values() if lag is not None]
     decision = Decision(
         desired=desired,
         current=current,
@@ -289,7 +318,8 @@ def _decide_observed(
         partitions=partitions,
         total_lag=needs.total_lag,
         lag_status=health.group_status(statuses),
-        max_time_lag_seconds=_max_time_lag(obs, history),
+        max_time_lag_seconds=max(known) if known else None,
+        time_lag_seconds=time_lags,
         production_rate=needs.production,
         per_replica_rate=per_replica,
         paused=spec.paused,
@@ -334,7 +364,9 @@ def _updated_rate(
     remembered = state.per_replica_rate
     if remembered is None or best >= remembered:
         return best, best_saturated or state.rate_saturated
-    loaded = [rate for rate, saturated in samples if saturated]
+    # A member with a backlog and no progress at all is stuck (a poison message), not
+    # slow: it says nothing about what a working replica can do.
+    loaded = [rate for rate, saturated in samples if saturated and rate > 0]
     if loaded:
         lowered = remembered + CAPACITY_DECAY * (max(loaded) - remembered)
         return lowered, True
@@ -348,6 +380,8 @@ def _member_rates(obs: Observation, last: Observation) -> list[tuple[float, bool
     for key in obs.end_offsets:
         now_c, last_c = obs.committed.get(key), last.committed.get(key)
         if now_c is None or last_c is None or key not in last.end_offsets:
+            continue
+        if obs.statuses.get(key) in health.NOT_PROGRESSING:
             continue
         progress[key] = max(0, now_c - last_c) / dt
         produced = max(0, obs.end_offsets[key] - last.end_offsets[key]) / dt
@@ -506,15 +540,13 @@ def _idle_since(state: PolicyState, obs: Observation, last: Observation | None) 
     return state.idle_since if state.idle_since is not None else last.time_s
 
 
-def _max_time_lag(
+def _time_lags(
     obs: Observation, history: Mapping[PartitionKey, tuple[timelag.Point, ...]]
-) -> float | None:
-    lags = [
-        timelag.time_lag_seconds(history.get(k, ()), obs.committed.get(k), obs.time_s)
+) -> dict[PartitionKey, float | None]:
+    return {
+        k: timelag.time_lag_seconds(history.get(k, ()), obs.committed.get(k), obs.time_s)
         for k in obs.end_offsets
-    ]
-    known = [lag for lag in lags if lag is not None]
-    return max(known) if known else None
+    }
 
 
 def _num(value: float) -> str:

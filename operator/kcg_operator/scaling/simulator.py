@@ -189,8 +189,8 @@ def parse_scenario(data: Any, name: str = "scenario") -> Scenario:
         scaling = ScalingSpec.model_validate(dict(raw_scaling))
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(part) for part in first["loc"])
-        raise ScenarioError(f"scaling.{loc}: {first['msg']}") from None
+        where = ".".join(["scaling", *(str(part) for part in first["loc"])])
+        raise ScenarioError(f"{where}: {first['msg']}") from None
 
     total = sum(weights)
     return Scenario(
@@ -428,32 +428,27 @@ class SimResult:
     replicas_timeline: list[int] = field(default_factory=list, repr=False)
 
 
-def _observe(world: World, windows: list[health.CommitWindow], ok: bool) -> Observation:
+def _observe(world: World, tracker: health.HealthTracker[PartitionKey], ok: bool) -> Observation:
     sc = world.scenario
-    now = float(world.time)
-    keys: list[PartitionKey] = [(TOPIC, p) for p in range(sc.partitions)]
     if not ok:
         return Observation(
-            time_s=now,
+            time_s=float(world.time),
             end_offsets={},
             committed={},
             replicas=world.replicas,
             partitions=sc.partitions,
             broker_ok=False,
         )
-    owned = {p for ps in world.assignment.values() for p in ps}
-    statuses: dict[PartitionKey, str] = {}
-    for p, key in enumerate(keys):
-        window = windows[p]
-        window.record(world.committed[p], world.end[p], now, owner_alive=p in owned)
-        statuses[key] = window.status(world.end[p] - world.committed[p], now)
-    return Observation(
-        time_s=now,
-        end_offsets={k: world.end[p] for p, k in enumerate(keys)},
-        committed={k: world.committed[p] for p, k in enumerate(keys)},
-        replicas=world.replicas,
+    offsets: dict[PartitionKey, tuple[int, int | None]] = {
+        (TOPIC, p): (world.end[p], world.committed[p]) for p in range(sc.partitions)
+    }
+    owned = {(TOPIC, p) for ps in world.assignment.values() for p in ps}
+    return Observation.from_offsets(
+        float(world.time),
+        offsets,
+        world.replicas,
         partitions=sc.partitions,
-        statuses=statuses,
+        statuses=tracker.observe(float(world.time), offsets, owned),
         assignment={m: [(TOPIC, p) for p in ps] for m, ps in world.assignment.items()},
         ready_replicas=len(world.members()),
     )
@@ -464,7 +459,7 @@ def simulate(scenario: Scenario, policy: ScalingPolicy) -> SimResult:
     world = World(scenario)
     spec = scenario.scaling
     poll = policy.poll_interval_seconds(spec)
-    windows = [health.CommitWindow() for _ in range(scenario.partitions)]
+    tracker: health.HealthTracker[PartitionKey] = health.HealthTracker()
     violation = 0
     max_age = 0.0
     max_lag = world.lag()
@@ -474,7 +469,7 @@ def simulate(scenario: Scenario, policy: ScalingPolicy) -> SimResult:
     last_reason = ""
     for t in range(scenario.duration_seconds):
         if t % poll == 0:
-            decision = policy.decide(_observe(world, windows, scenario.broker_ok_at(t)), spec)
+            decision = policy.decide(_observe(world, tracker, scenario.broker_ok_at(t)), spec)
             last_reason = decision.reason
             if decision.should_patch and decision.desired != world.replicas:
                 world.scale(decision.desired)

@@ -15,8 +15,11 @@ forward, so an idle topic does not flush the useful history out of the table.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 Point = tuple[int, float]
 """(end offset, time in seconds)."""
@@ -106,3 +109,30 @@ class OffsetTimeTable:
     def time_lag(self, committed: int | None, now_s: float) -> float | None:
         """Seconds behind for a group at ``committed``; see :func:`time_lag_seconds`."""
         return time_lag_seconds(list(self.points), committed, now_s)
+
+
+class TimeLagTracker(Generic[K]):
+    """(end offset, time) tables for every partition of one group; feed it each sweep.
+
+    ``offsets`` maps a partition key to (end offset, committed offset or None), as the
+    collector's snapshot has them. Returns each partition's time lag in seconds (None when
+    unknown). Partitions that disappear are forgotten, so memory follows the topic.
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self.limit = limit
+        self.tables: dict[K, OffsetTimeTable] = {}
+
+    def observe(
+        self, time_s: float, offsets: Mapping[K, tuple[int, int | None]]
+    ) -> dict[K, float | None]:
+        for gone in set(self.tables) - set(offsets):
+            del self.tables[gone]
+        lags: dict[K, float | None] = {}
+        for key, (end, committed) in offsets.items():
+            table = self.tables.get(key)
+            if table is None:
+                table = self.tables[key] = OffsetTimeTable(self.limit)
+            table.add(end, time_s)
+            lags[key] = table.time_lag(committed, time_s)
+        return lags
