@@ -5,8 +5,8 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STACK := $(PYTHON) stack/localstack.py
 
-.PHONY: all test unit lint fmt setup up down env status clean crds run demo kind-e2e \
-        bench-scaling bench-outbox bench-sweep
+.PHONY: all test unit lint setup up down env status clean crds chart-crds run demo \
+        kind-e2e bench-scaling bench-outbox bench-sweep
 
 all: test
 
@@ -35,9 +35,35 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests stack benchmarks
 	$(VENV)/bin/mypy
 
-## crds: regenerate crds/ from the API models
+## crds: regenerate crds/ from the API models (and the chart's copy)
 crds: $(VENV)/.installed
 	$(VENV)/bin/kcg crd --output crds/kcg.dev_kafkaconsumergroups.yaml
+	$(MAKE) -s chart-crds
+
+chart-crds:
+	rm -f charts/kcg-operator/crds/*.yaml && cp crds/*.yaml charts/kcg-operator/crds/
+
+## run: the operator against the current kube context, or the local stack when none
+run: setup
+	@hack/run.sh
+
+## demo: a burst scales a group up (never past its partitions) and back down
+demo: setup
+	$(PYTHON) hack/demo.py
+
+## kind-e2e: the e2e suite on kind (needs Docker; not available on our build machines)
+kind-e2e: $(VENV)/.installed
+	hack/kind-e2e.sh
+
+## bench-*: benchmarks that print a table and, last, one JSON line
+bench-scaling: $(VENV)/.installed
+	$(PYTHON) -m kcg_operator.scaling.bench
+
+bench-sweep: setup
+	$(PYTHON) benchmarks/bench_sweep.py
+
+bench-outbox: setup
+	$(PYTHON) benchmarks/bench_outbox.py
 
 ## up/down: the local stack (etcd, kube-apiserver, controller-manager, Kafka, PostgreSQL)
 up: setup

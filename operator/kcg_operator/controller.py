@@ -61,6 +61,28 @@ def rebalance_condition(
         gen, previous)
 
 
+def outbox_condition(replicas: tuple[int, int] | None, generation: int | None,
+                     previous: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """OutboxReady from the Deployment's ready pods: the relay sidecar's readiness probe
+    (connected to PostgreSQL and Kafka) gates each pod's readiness, so this needs no
+    rights on Pods."""
+    if replicas is None:
+        return condition("OutboxReady", None, "NoDeployment",
+                         "the consumer Deployment is not there yet", generation, previous)
+    wanted, ready = replicas
+    if wanted == 0:
+        return condition("OutboxReady", None, "ScaledToZero",
+                         "no replicas, so no relay runs", generation, previous)
+    if ready >= wanted:
+        return condition("OutboxReady", True, "RelaysReady",
+                         f"{ready}/{wanted} pods ready with their outbox relay", generation,
+                         previous)
+    return condition("OutboxReady", False, "RelaysNotReady",
+                     f"{ready}/{wanted} pods ready; a pod is ready only when its outbox relay "
+                     "reaches PostgreSQL and Kafka (see the relay's /readyz and logs)",
+                     generation, previous)
+
+
 class Controller:
     def __init__(self, kube: Kube, registry: Registry, check_interval_s: float = 15.0,
                  collector: LagCollector | None = None) -> None:
@@ -303,6 +325,8 @@ class Controller:
         if current is not None:
             metrics.current_replicas.labels(key_ns(kcg), kcg.metadata.name, kcg.group_id).set(
                 current)
+        if kcg.spec.outbox is not None:
+            conditions.append(outbox_condition(entry.replicas, generation, previous))
         if entry.last_scale_time:
             status["lastScaleTime"] = entry.last_scale_time
         status["conditions"] = conditions

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kcg_operator import metrics
 from kcg_operator.api.models import API_VERSION, GROUP, PLURAL, VERSION
 from kcg_operator.conditions import now_rfc3339
 
@@ -38,13 +39,17 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.writes = 0  # API writes, for the steady-state benchmark
 
+    def _wrote(self) -> None:
+        self.writes += 1
+        metrics.api_writes.inc()
+
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply of a ConfigMap or Deployment we own (we win conflicts on the
         fields we manage; other managers keep theirs)."""
         meta = obj["metadata"]
         kw: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
                               "_content_type": APPLY}
-        self.writes += 1
+        self._wrote()
         result: Any
         if obj["kind"] == "ConfigMap":
             result = self.core.patch_namespaced_config_map(
@@ -70,7 +75,7 @@ class Kube:
         return int(dep.spec.replicas or 0) if dep.spec else 0, int(ready or 0)
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        self.writes += 1
+        self._wrote()
         self.apps.patch_namespaced_deployment_scale(
             name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
 
@@ -86,7 +91,7 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.writes += 1
+        self._wrote()
         body = {"apiVersion": f"{API_VERSION}", "kind": "KafkaConsumerGroup",
                 "metadata": {"name": name, "namespace": namespace}, "status": dict(status)}
         try:
@@ -101,7 +106,7 @@ class Kube:
         """A core/v1 Event on the KafkaConsumerGroup, like `kubectl describe` shows."""
         meta = involved["metadata"]
         now = now_rfc3339()
-        self.writes += 1
+        self._wrote()
         try:
             events: Any = self.core
             events.create_namespaced_event(meta["namespace"], {

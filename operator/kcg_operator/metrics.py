@@ -39,3 +39,7 @@ def forget_group(namespace: str, name: str, group: str) -> None:
     for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
+api_writes = Counter(
+    "kcg_api_writes_total",
+    "Writes the controller loop and reconciler made to the Kubernetes API (apply, status, "
+    "scale, events).")

@@ -30,6 +30,14 @@ def kube() -> Kube:
     return _kube
 
 
+def relay_image() -> str:
+    """Image of the outbox relay sidecar: KCG_RELAY_IMAGE (the chart sets it to the
+    operator's own image), else the release default."""
+    from kcg_operator.workload.render import DEFAULT_RELAY_IMAGE
+
+    return os.environ.get("KCG_RELAY_IMAGE") or DEFAULT_RELAY_IMAGE
+
+
 def forget(key: Key) -> None:
     entry = REGISTRY.get(key)
     REGISTRY.remove(key)
@@ -46,6 +54,9 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kcg.dev", key="last-handled-configuration")
     settings.posting.level = logging.INFO
+    # Resources are found by API discovery; scanning namespaces and CRDs would need
+    # cluster-wide rights that the namespaced chart does not grant.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
     from kcg_operator.controller import Controller

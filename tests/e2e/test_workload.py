@@ -206,3 +206,32 @@ def test_rebalance_compliance_is_checked_on_the_broker(
         assert obj["status"]["assignor"] == assignor
     finally:
         consumer.close()
+
+
+def test_outbox_adds_the_relay_as_a_native_sidecar(
+    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    cluster: dict[str, str], ns: str, topic: Callable[..., str],
+) -> None:
+    body = example("minimal.yaml", topics=[topic(2)],
+                   kafka={"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]},
+                   outbox={"databaseSecretRef": {"name": "orders-db", "key": "dsn"},
+                           "table": "outbox", "batchSize": 500})
+    body["metadata"]["name"] = "with-outbox"
+    _apply(kubectl, ns, body)
+    apps = client.AppsV1Api(kube_api)
+    dep = eventually(lambda: apps.read_namespaced_deployment("with-outbox", ns),
+                     what="the Deployment")
+    relay = next(c for c in dep.spec.template.spec.init_containers
+                 if c.name == "outbox-relay")
+    assert relay.restart_policy == "Always"
+    assert relay.command == ["kcg", "relay"]
+    env = {e.name: e for e in relay.env}
+    assert env["OUTBOX_DSN"].value_from.secret_key_ref.name == "orders-db"
+    assert env["OUTBOX_BATCH_SIZE"].value == "500"
+    assert relay.readiness_probe.http_get.path == "/readyz"
+    assert relay.security_context.read_only_root_filesystem is True
+    obj = eventually(lambda: (c := _condition(_kcg(kube_api, ns, "with-outbox"),
+                                              "OutboxReady")) and c, what="OutboxReady")
+    # No kubelet in the local stack: no pod becomes ready, and the condition says so.
+    assert obj["status"] in ("False", "Unknown")
+    assert obj["reason"] in ("RelaysNotReady", "NoDeployment")

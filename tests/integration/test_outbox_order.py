@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from kcg_operator.outbox.schema import notify_trigger_ddl
 from tests.integration.outbox_support import (
     assert_complete_and_ordered,
     consume,
@@ -30,6 +31,8 @@ from tests.integration.outbox_support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+WRITE_SECONDS = 5.0
 
 
 @pytest.fixture
@@ -54,7 +57,12 @@ def _writer(dsn: str, table: str, topic: str, keys: list[str], events: int, seed
     try:
         with psycopg.connect(dsn) as conn:
             written = 0
+            started = time.monotonic()
             while written < events:
+                # Paced to last WRITE_SECONDS, so relays joining late still find work.
+                ahead = started + WRITE_SECONDS * written / events - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
                 batch = []
                 for _ in range(min(rng.randint(1, 20), events - written)):
                     key = rng.choice(keys)
@@ -181,3 +189,24 @@ def test_no_event_skipped_under_interleaved_commits(
     total = sum(counters.values())
     report = first_occurrences(consume(bootstrap, topic, total))
     assert_complete_and_ordered(report, counters)
+
+
+def test_notify_wakes_an_idle_relay(
+    stack: dict[str, Any], outbox: tuple[str, str], tmp_path: Path
+) -> None:
+    """Opt-in wake-ups: with the statement-level NOTIFY trigger, an idle relay polling only
+    every 5 s publishes a new row at once."""
+    table, topic = outbox
+    dsn, bootstrap = str(stack["OUTBOX_DSN"]), str(stack["KAFKA_BOOTSTRAP_SERVERS"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(notify_trigger_ddl(table, f"{table}_wake").encode())
+    with relays(stack, table, tmp_path, OUTBOX_POLL_INTERVAL_MS="5000",
+                OUTBOX_NOTIFY_CHANNEL=f"{table}_wake") as (relay,):
+        relay.wait_ready()
+        time.sleep(3.0)  # idle: the poll back-off is at 2 s by now
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            insert_events(conn, table, [(topic, "k", "Numbered", '{"k": "k", "n": 0}')])
+        started = time.monotonic()
+        wait_until(lambda: pending(dsn, table) == 0, 10, "the row to be published", step=0.01)
+        assert time.monotonic() - started < 0.5
+    assert len(consume(bootstrap, topic, 1, timeout=10)) == 1

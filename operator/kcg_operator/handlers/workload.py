@@ -87,7 +87,8 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> No
         current = kube.deployment_replicas(namespace, deployment_name(kcg))
         replicas = initial_replicas(kcg, None if current is None else current[0])
         try:
-            workload = render_workload(kcg, replicas=replicas, auth_secret_data=auth)
+            workload = render_workload(kcg, replicas=replicas, auth_secret_data=auth,
+                                       relay_image=runtime.relay_image())
         except ConsumerConfigError as exc:
             _record(key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
             raise kopf.PermanentError(str(exc)) from None

@@ -15,7 +15,6 @@ acknowledged them, together with the move of refused rows to the dead-letter tab
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,8 +24,6 @@ import psycopg
 from kcg_operator.outbox.config import RelayConfig
 from kcg_operator.outbox.schema import TableInfo, create_schema, describe_table, require_table
 from kcg_operator.outbox.shards import ALL_SHARDS, SHARD_SQL, LockKeys, lock_keys
-
-log = logging.getLogger(__name__)
 
 # (seq, event id, aggregatetype, aggregateid, type, payload bytes or None)
 Row = tuple[int, str, str, str, str, bytes | None]

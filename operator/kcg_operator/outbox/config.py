@@ -20,8 +20,9 @@ Routing and pacing
                               off from 1 ms up to this (default 100).
   OUTBOX_REBALANCE_INTERVAL_MS  how often relays re-balance shards (default 1000); also the
                               takeover delay after a relay dies.
-  OUTBOX_NOTIFY_CHANNEL       optional: LISTEN here and wake on NOTIFY (see schema.py for
-                              why it is off by default).
+  OUTBOX_NOTIFY_CHANNEL       optional: LISTEN here and wake on NOTIFY; `--init-schema`
+                              then adds the statement-level trigger (see schema.py for why
+                              it is off by default).
   OUTBOX_SHUTDOWN_GRACE_SECONDS  on SIGTERM, wait this long for in-flight acks (default 10).
 
 Kafka

@@ -62,7 +62,6 @@ MISSING_TOPIC_CODES: Final = frozenset(
     {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 )
 TOPIC_RECHECK_SECONDS: Final = 5.0
-TOPIC_KNOWN_SECONDS: Final = 300.0
 
 
 def classify(code: int, fatal: bool = False) -> Verdict:
@@ -106,8 +105,10 @@ class Publisher:
         self.router = router
         self._on_kafka_state = on_kafka_state
         self._clock = clock
-        # topic -> (exists, checked at); held topics are the ones known missing.
-        self._topics: dict[str, tuple[bool, float]] = {}
+        # Topics the broker confirmed, and missing ones with when they were checked: rows
+        # routed to a missing topic are held until it is checked again.
+        self._known: set[str] = set()
+        self._missing: dict[str, float] = {}
         self.fatal: str | None = None
         self.producer = self._new_producer()
         self.outcome = RoundOutcome()
@@ -151,33 +152,30 @@ class Publisher:
 
     def held_topics(self) -> set[str]:
         now = self._clock()
-        return {
-            topic
-            for topic, (exists, at) in self._topics.items()
-            if not exists and now - at < TOPIC_RECHECK_SECONDS
-        }
+        return {t for t, at in self._missing.items() if now - at < TOPIC_RECHECK_SECONDS}
 
     def _topic_exists(self, topic: str) -> bool:
-        """Known to exist (or unknown because the broker is unreachable: produce anyway,
-        librdkafka queues); False only when the broker says the topic is missing."""
-        now = self._clock()
-        cached = self._topics.get(topic)
-        if cached is not None:
-            exists, at = cached
-            if now - at < (TOPIC_KNOWN_SECONDS if exists else TOPIC_RECHECK_SECONDS):
-                return exists
+        """True when the broker has it, or cannot be asked (unreachable: produce anyway,
+        librdkafka queues until it is back); False only when the broker says it is missing."""
         try:
             metadata = self.producer.list_topics(topic, timeout=5)
         except KafkaException as exc:
+            # Assume it exists rather than ask again for every row; if it does not, its
+            # messages fail with UNKNOWN_TOPIC and the topic is held then.
             log.debug("metadata for %s: %s", topic, exc)
+            self._known.add(topic)
             return True
         found = metadata.topics.get(topic)
         exists = found is not None and (
             found.error is None or found.error.code() not in MISSING_TOPIC_CODES
         )
-        if not exists:
-            log.warning("topic %s does not exist: its rows wait until it is created", topic)
-        self._topics[topic] = (exists, now)
+        if exists:
+            self._known.add(topic)
+            self._missing.pop(topic, None)
+        else:
+            if topic not in self._missing:
+                log.warning("topic %s does not exist: its rows wait until it is created", topic)
+            self._missing[topic] = self._clock()
         return exists
 
     # ------------------------------------------------------------------ a round
@@ -205,8 +203,7 @@ class Publisher:
             if problem is not None:
                 self.outcome.dead.append(DeadLetter(seq, topic, f"invalid topic: {problem}"))
                 continue
-            known = self._topics.get(topic)
-            if (known is None or not known[0]) and not self._topic_exists(topic):
+            if topic not in self._known and not self._topic_exists(topic):
                 held.add(topic)
                 self.outcome.held.append(seq)
                 continue
@@ -248,7 +245,8 @@ class Publisher:
             outcome.dead.append(DeadLetter(seq, topic, describe_error(err)))
         elif verdict is Verdict.MISSING_TOPIC:
             if topic is not None:
-                self._topics[topic] = (False, self._clock())
+                self._known.discard(topic)
+                self._missing[topic] = self._clock()
             outcome.held.append(seq)
         else:
             outcome.retry.append((seq, describe_error(err)))

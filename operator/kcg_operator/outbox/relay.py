@@ -49,7 +49,13 @@ from kcg_operator.outbox.config import (
 from kcg_operator.outbox.health import Health, readiness, serve
 from kcg_operator.outbox.metrics import RelayMetrics
 from kcg_operator.outbox.pipeline import Publisher
-from kcg_operator.outbox.schema import PAYLOAD_TYPES, SchemaError, create_schema, table_ddl
+from kcg_operator.outbox.schema import (
+    PAYLOAD_TYPES,
+    SchemaError,
+    create_schema,
+    notify_trigger_ddl,
+    table_ddl,
+)
 from kcg_operator.outbox.shards import SHARDS, plan_rebalance
 
 log = logging.getLogger("kcg.relay")
@@ -298,7 +304,8 @@ def _parser() -> argparse.ArgumentParser:
         "(configured by environment variables: see `kcg relay --help-env`).",
     )
     parser.add_argument("--init-schema", action="store_true",
-                        help="create the outbox and dead-letter tables if missing, then exit")
+                        help="create the outbox and dead-letter tables if missing, then exit; "
+                        "with OUTBOX_NOTIFY_CHANNEL set, also the optional NOTIFY trigger")
     parser.add_argument("--print-schema", action="store_true",
                         help="print the tables' DDL, then exit (no database needed)")
     parser.add_argument("--payload-type", choices=PAYLOAD_TYPES, default="jsonb",
@@ -330,9 +337,13 @@ def main(argv: list[str]) -> int:
             return 0
         if args.init_schema:
             table, dead_letter = table_names(env)
+            channel = env.get("OUTBOX_NOTIFY_CHANNEL", "").strip()
             with psycopg.connect(database_dsn(env), autocommit=True, connect_timeout=10) as conn:
                 create_schema(conn, table, dead_letter, args.payload_type)
-            print(f"kcg relay: tables {table} and {dead_letter} are in place")
+                if channel:
+                    conn.execute(notify_trigger_ddl(table, channel).encode())
+            print(f"kcg relay: tables {table} and {dead_letter} are in place"
+                  + (f", with a NOTIFY {channel} trigger" if channel else ""))
             return 0
         config = load_config(env)
     except ConfigError as exc:

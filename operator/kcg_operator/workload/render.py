@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kcg_operator.api.models import API_VERSION, GROUP_LABEL, KIND, KafkaConsumerGroup
+from kcg_operator.outbox.sidecar import relay_container
 from kcg_operator.workload.consumer_config import ConsumerConfig, build_consumer_config
 
 MANAGED_BY: Final = "kcg-operator"
 CONFIG_HASH_ANNOTATION: Final = "kcg.dev/config-hash"
+#: Image of the outbox relay sidecar: the operator's own image (`kcg relay`).
+DEFAULT_RELAY_IMAGE: Final = "ghcr.io/kcg-dev/kcg-operator:0.1.0"
 
 CONFIG_VOLUME: Final = "kcg-client-config"
 CONFIG_DIR: Final = "/etc/kcg/client"
@@ -215,6 +218,23 @@ def render_pod_template(
     return template
 
 
+def with_outbox_relay(
+    kcg: KafkaConsumerGroup, pod_template: Mapping[str, Any], config: ConsumerConfig,
+    relay_image: str,
+) -> dict[str, Any]:
+    """The pod template with the outbox relay as a native sidecar (an init container with
+    restartPolicy Always: it starts before the app and stops after it)."""
+    assert kcg.spec.outbox is not None
+    template = copy.deepcopy(dict(pod_template))
+    relay = relay_container(kcg.spec.outbox.model_dump(by_alias=True, exclude_none=True),
+                            relay_image, kcg.spec.kafka.bootstrap_servers)
+    relay = with_kafka_connection(relay, kcg, config)
+    spec = template.setdefault("spec", {})
+    spec["initContainers"] = _replace_by("name", spec.get("initContainers") or [], [relay],
+                                         ours_first=False)
+    return template
+
+
 def render_deployment(
     kcg: KafkaConsumerGroup, pod_template: Mapping[str, Any], *, replicas: int
 ) -> dict[str, Any]:
@@ -253,11 +273,14 @@ def render_workload(
     *,
     replicas: int,
     auth_secret_data: Mapping[str, str] | None = None,
+    relay_image: str = DEFAULT_RELAY_IMAGE,
 ) -> Workload:
     """ConfigMap and Deployment of `kcg`. Raises ConsumerConfigError for refused settings."""
     config = build_consumer_config(kcg, auth_secret_data)
     config_map = render_config_map(kcg, config)
     template = render_pod_template(kcg, config_map, config)
+    if kcg.spec.outbox is not None:
+        template = with_outbox_relay(kcg, template, config, relay_image)
     return Workload(
         config=config,
         config_map=config_map,

@@ -1,0 +1,308 @@
+"""bench-sweep: lag collection for 1 000 KafkaConsumerGroups on one cluster.
+
+Real apiserver, real broker, real operator (`kcg run` as a child process). Compared in the
+same run with one-client-per-object collection (KEDA's model: each ScaledObject owns a
+Kafka client and asks for its own group's offsets).
+
+Measured:
+- one full lag sweep of all groups, with the operator's collector (one shared admin client)
+  and with one admin client per object (concurrent, 32 at a time);
+- open TCP connections to the broker while each is in use;
+- the operator's RSS and its broker connections once it serves every object;
+- API writes per minute in steady state (nothing changes), counted by the operator and,
+  as an upper bound including every other client, by the apiserver.
+
+    python benchmarks/bench_sweep.py [--objects 1000] [--steady-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "stack"))
+
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+
+import localstack  # noqa: E402
+from kcg_operator.scaling.collector import (  # noqa: E402
+    LATEST,
+    ClusterKey,
+    GroupRequest,
+    LagCollector,
+)
+
+TOPICS, PARTITIONS = 10, 6
+
+
+def broker_connections(pid: int, port: int) -> int:
+    """Established TCP connections from `pid` to the broker's port (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_kafka(bootstrap: str, run: str, objects: int) -> tuple[list[str], list[str]]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [f"bench-{run}-{i}" for i in range(TOPICS)]
+    for fut in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
+        fut.result()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for t in topics:
+        for i in range(600):
+            producer.produce(t, key=str(i), value=b"x")
+    producer.flush(60)
+    groups = [f"bench-{run}-g{i:04d}" for i in range(objects)]
+    ends = admin.list_offsets({TopicPartition(t, p): LATEST for t in topics
+                               for p in range(PARTITIONS)})
+    end = {(tp.topic, tp.partition): f.result().offset for tp, f in ends.items()}
+    # Commit every group at the end of its topic: lag 0, a steady state.
+    futures = []
+    with ThreadPoolExecutor(16) as pool:
+        for i, g in enumerate(groups):
+            topic = topics[i % TOPICS]
+            tps = [TopicPartition(topic, p, end[(topic, p)]) for p in range(PARTITIONS)]
+            futures.append(pool.submit(
+                lambda g=g, tps=tps: admin.alter_consumer_group_offsets(
+                    [ConsumerGroupTopicPartitions(g, tps)])[g].result()))
+        for f in futures:
+            f.result()
+    return topics, groups
+
+
+def time_shared_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[float, int]:
+    collector = LagCollector(timeout_s=30)
+    key = ClusterKey.of(bootstrap)
+    collector.sweep(key, requests[:1])  # connect first: steady-state sweeps reuse the client
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        snaps = collector.sweep(key, requests)
+        times.append(time.perf_counter() - started)
+        assert all(s.broker_ok for s in snaps.values()), "shared sweep failed"
+    connections = broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1]))
+    return statistics.median(times), connections
+
+
+def time_per_object_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[float, int]:
+    """One admin client per object, each sweeping its own group, 32 in flight."""
+    collectors = [LagCollector(timeout_s=60) for _ in requests]
+    key = ClusterKey.of(bootstrap)
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), zip(collectors, requests)))
+        started = time.perf_counter()
+        results = list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]),
+                                zip(collectors, requests)))
+        elapsed = time.perf_counter() - started
+    assert all(s.broker_ok for r in results for s in r.values()), "per-object sweep failed"
+    connections = broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1]))
+    del collectors
+    return elapsed, connections
+
+
+def apiserver_mutations(state: dict[str, Any]) -> int:
+    """Mutating requests the apiserver has served so far (all clients)."""
+    pki = Path(str(state["KCG_STACK_DIR"])) / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    server = json.loads(Path(str(state["KUBECONFIG"])).read_text())["clusters"][0]["cluster"][
+        "server"]
+    with urllib.request.urlopen(f"{server}/metrics", context=ctx, timeout=30) as r:
+        text = r.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and any(
+                f'verb="{v}"' in line for v in ("POST", "PUT", "PATCH", "DELETE", "APPLY")):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def operator_metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, ns: str,
+                 topics: list[str], groups: list[str], steady_seconds: int,
+                 log: Path) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(api)
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ig: custom.create_namespaced_custom_object(
+            "kcg.dev", "v1alpha1", ns, "kafkaconsumergroups", {
+                "apiVersion": "kcg.dev/v1alpha1", "kind": "KafkaConsumerGroup",
+                "metadata": {"name": f"g{ig[0]:04d}"},
+                "spec": {"groupId": ig[1], "topics": [topics[ig[0] % TOPICS]],
+                         "kafka": {"bootstrapServers": bootstrap}, "replicas": 0,
+                         "template": {"spec": {"containers": [
+                             {"name": "app", "image": "example/app:1"}]}}}}),
+            enumerate(groups)))
+    create_s = time.monotonic() - started
+    metrics_port = free_port()
+    out = open(log, "wb")  # noqa: SIM115 - closed below
+    op = subprocess.Popen(
+        [sys.executable, "-m", "kcg_operator.cli", "run", "-n", ns, "--liveness-port", "0",
+         "--metrics-port", str(metrics_port)],
+        stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(state["KUBECONFIG"]),
+             "KCG_CHECK_INTERVAL_SECONDS": "10"})
+    try:
+        started = time.monotonic()
+        while True:
+            items = custom.list_namespaced_custom_object(
+                "kcg.dev", "v1alpha1", ns, "kafkaconsumergroups")["items"]
+            ready = sum(1 for o in items if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (o.get("status") or {}).get("conditions") or []))
+            if ready == len(groups):
+                break
+            if time.monotonic() - started > 900 or op.poll() is not None:
+                raise SystemExit(f"operator served only {ready}/{len(groups)}; log: {log}")
+            time.sleep(2)
+        all_ready_s = time.monotonic() - started
+        time.sleep(15)  # let the last sweeps settle
+        w0 = operator_metric(metrics_port, "kcg_api_writes_total")
+        m0 = apiserver_mutations(state)
+        time.sleep(steady_seconds)
+        w1 = operator_metric(metrics_port, "kcg_api_writes_total")
+        m1 = apiserver_mutations(state)
+        sweep_sum = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_sum")
+        sweep_count = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_count")
+        return {
+            "create_seconds": round(create_s, 1),
+            "all_ready_seconds": round(all_ready_s, 1),
+            "rss_mb": round(rss_mb(op.pid), 1),
+            "operator_broker_connections": broker_connections(
+                op.pid, int(bootstrap.rsplit(":", 1)[1])),
+            "api_writes_per_min": round((w1 - w0) * 60 / steady_seconds, 1),
+            "apiserver_mutations_per_min_all_clients": round((m1 - m0) * 60 / steady_seconds, 1),
+            "operator_mean_sweep_seconds": round(sweep_sum / max(sweep_count, 1), 3),
+        }
+    finally:
+        op.terminate()
+        try:
+            op.wait(20)
+        except subprocess.TimeoutExpired:
+            op.kill()
+        out.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--steady-seconds", type=int, default=60)
+    args = parser.parse_args()
+
+    state = localstack.read_state()
+    owned = state is None
+    if state is None:
+        state = localstack.up(owned=True)
+    bootstrap = str(state["KAFKA_BOOTSTRAP_SERVERS"])
+    api = config.new_client_from_config(config_file=str(state["KUBECONFIG"]))
+    run = uuid.uuid4().hex[:6]
+    ns = f"bench-sweep-{run}"
+    core = client.CoreV1Api(api)
+    try:
+        subprocess.run([str(localstack.K8S_BIN / "kubectl"), "apply", "--server-side",
+                        "--force-conflicts", "-f", str(REPO / "crds")], check=True,
+                       capture_output=True, env={**os.environ,
+                                                 "KUBECONFIG": str(state["KUBECONFIG"])})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        print(f"preparing {args.objects} groups with committed offsets ...", file=sys.stderr)
+        topics, groups = prepare_kafka(bootstrap, run, args.objects)
+        requests = [GroupRequest(g, (topics[i % TOPICS],)) for i, g in enumerate(groups)]
+        shared_s, shared_conns = time_shared_sweep(bootstrap, requests)
+        print(f"shared sweep {shared_s:.3f}s; per-object sweep ...", file=sys.stderr)
+        base_s, base_conns = time_per_object_sweep(bootstrap, requests)
+        print("starting the operator on 1 000 objects ...", file=sys.stderr)
+        log = Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "operator.log"
+        op = run_operator(api, state, bootstrap, ns, topics, groups, args.steady_seconds, log)
+    finally:
+        try:
+            core.delete_namespace(ns)
+        except ApiException:
+            pass
+        if owned:
+            localstack.down(quiet=True)
+
+    rows = [
+        ("one full lag sweep (s)", f"{shared_s:.3f}", f"{base_s:.3f}"),
+        ("broker connections during sweeps", str(shared_conns), str(base_conns)),
+        ("operator broker connections (serving all)", str(op["operator_broker_connections"]),
+         "-"),
+        ("operator RSS (MB)", str(op["rss_mb"]), "-"),
+        ("API writes/min, steady state (operator)", str(op["api_writes_per_min"]), "-"),
+        ("API mutations/min, steady state (apiserver, all clients)",
+         str(op["apiserver_mutations_per_min_all_clients"]), "-"),
+        ("time until every object is Ready (s)", str(op["all_ready_seconds"]), "-"),
+    ]
+    print(f"\nbench-sweep: {args.objects} KafkaConsumerGroups, {TOPICS} topics x {PARTITIONS} "
+          "partitions, one broker (Kafka 4.1.1), kube-apiserver v1.34.4, 2 cores\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':<{width}}  {'kcg (shared client)':>20}  {'one client per object':>22}")
+    for name, ours, theirs in rows:
+        print(f"{name:<{width}}  {ours:>20}  {theirs:>22}")
+    print(json.dumps({
+        "objects": args.objects,
+        "sweep_seconds": round(shared_s, 3),
+        "broker_connections": op["operator_broker_connections"],
+        "sweep_broker_connections": shared_conns,
+        "rss_mb": op["rss_mb"],
+        "api_writes_per_min": op["api_writes_per_min"],
+        "apiserver_mutations_per_min_all_clients": op["apiserver_mutations_per_min_all_clients"],
+        "all_ready_seconds": op["all_ready_seconds"],
+        "operator_mean_sweep_seconds": op["operator_mean_sweep_seconds"],
+        "baseline_sweep_seconds": round(base_s, 3),
+        "baseline_broker_connections": base_conns,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
