@@ -32,7 +32,7 @@ unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -m unit
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check operator tests stack benchmarks
+	$(VENV)/bin/ruff check operator tests stack benchmarks hack examples
 	$(VENV)/bin/mypy
 
 ## crds: regenerate crds/ from the API models (and the chart's copy)

@@ -18,6 +18,7 @@ Measured:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -132,10 +133,10 @@ def time_per_object_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple
     collectors = [LagCollector(timeout_s=60) for _ in requests]
     key = ClusterKey.of(bootstrap)
     with ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), zip(collectors, requests)))
+        pairs = list(zip(collectors, requests, strict=True))
+        list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), pairs))
         started = time.perf_counter()
-        results = list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]),
-                                zip(collectors, requests)))
+        results = list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), pairs))
         elapsed = time.perf_counter() - started
     assert all(s.broker_ok for r in results for s in r.values()), "per-object sweep failed"
     connections = broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1]))
@@ -264,10 +265,8 @@ def main() -> int:
         log = Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "operator.log"
         op = run_operator(api, state, bootstrap, ns, topics, groups, args.steady_seconds, log)
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             core.delete_namespace(ns)
-        except ApiException:
-            pass
         if owned:
             localstack.down(quiet=True)
 

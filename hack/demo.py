@@ -58,7 +58,8 @@ def main() -> int:
     operator = subprocess.Popen([sys.executable, "-m", "kcg_operator.cli", "run", "-n", NS,
                                  "--liveness-port", "0", "--metrics-port", "0"],
                                 env={**env, "KCG_CHECK_INTERVAL_SECONDS": "3"},
-                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                                stdout=log.open("wb"),
+                                stderr=subprocess.STDOUT)
     api = config.new_client_from_config(config_file=str(state["KUBECONFIG"]))
     apps = client.AppsV1Api(api)
     while True:

@@ -10,6 +10,7 @@ status, so conditions never race.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -113,9 +114,11 @@ class Controller:
             kcg = entry.kcg
             scaling = kcg.spec.scaling if kcg else None
             interval = scaling.poll_interval_seconds if scaling else self.check_interval_s
-            entry.next_poll = now + interval
-            if kcg is None or entry.cluster is None or not (entry.reconciled and
-                                                            entry.reconciled.ok):
+            # Aligned to the interval, so groups with the same interval share one sweep.
+            entry.next_poll = (math.floor(now / interval) + 1) * interval
+            if entry.reconciled is None:
+                continue  # not reconciled by this process yet: keep the status it has
+            if kcg is None or entry.cluster is None or not entry.reconciled.ok:
                 self._safe(self.write_status, key, entry, None)
                 continue
             by_cluster[entry.cluster].append((key, entry))

@@ -88,11 +88,11 @@ class Registry:
         now = time.time() if now is None else now
         with self._lock:
             return [(k, e) for k, e in self._entries.items()
-                    if e.kcg is not None and (e.dirty or e.next_poll <= now)]
+                    if e.reconciled is not None and (e.dirty or e.next_poll <= now)]
 
     def next_due(self) -> float:
         with self._lock:
-            times = [e.next_poll for e in self._entries.values() if e.kcg is not None]
+            times = [e.next_poll for e in self._entries.values() if e.reconciled is not None]
         return min(times, default=time.time() + 1.0)
 
     def __len__(self) -> int:

@@ -45,9 +45,19 @@ def forget(key: Key) -> None:
         metrics.forget_group(key[0], key[1], entry.kcg.group_id)
 
 
+class _QuietWatchHandlers(logging.Filter):
+    """kopf logs every successful event handler at INFO; ours run on every watch event
+    (thousands a minute with many objects), so their successes are not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Handler 'track") and message.endswith("succeeded."))
+
+
 @kopf.on.startup()
 def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _thread
+    logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
     # Progress and diff-base go to annotations: a structural status schema would prune
     # kopf's default status.kopf field, and status belongs to the controller loop.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kcg.dev")

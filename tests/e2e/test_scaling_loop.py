@@ -122,3 +122,38 @@ def test_burst_scales_up_to_the_partition_count_drains_and_scales_back(
     finally:
         runner.stop()
         time.sleep(0.5)
+
+
+def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
+    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    ns: str,
+) -> None:
+    name = "dark"
+    body = {
+        "apiVersion": "kcg.dev/v1alpha1", "kind": "KafkaConsumerGroup",
+        "metadata": {"name": name},
+        "spec": {
+            "topics": ["orders"],
+            # Nothing listens on port 9 (discard) of loopback here: connection refused.
+            "kafka": {"bootstrapServers": "127.0.0.1:9"},
+            "scaling": {"minReplicas": 1, "maxReplicas": 6, "pollIntervalSeconds": 2},
+            "template": {"spec": {"containers": [{"name": "c", "image": "example/app:1"}]}},
+        },
+    }
+    kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(body))
+    apps = client.AppsV1Api(kube_api)
+    eventually(lambda: apps.read_namespaced_deployment(name, ns), what="the Deployment")
+    kubectl("scale", "deployment", name, "-n", ns, "--replicas=4")
+
+    def unreachable() -> bool:
+        conditions = {c["type"]: c for c in _status(kube_api, ns, name).get("conditions", [])}
+        return (conditions.get("Ready", {}).get("reason") == "KafkaUnreachable"
+                and conditions.get("Scaling", {}).get("reason") == "BrokerUnreachable")
+
+    eventually(unreachable, timeout=60, what="KafkaUnreachable and BrokerUnreachable")
+    time.sleep(6)  # three more polls: none may lower the replicas
+    assert apps.read_namespaced_deployment(name, ns).spec.replicas == 4
+    events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
+    warnings = [e for e in events if e.reason == "BrokerUnreachable"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    assert "replicas are left as they are" in warnings[0].message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from confluent_kafka import KafkaError
 
@@ -34,14 +36,21 @@ def test_error_verdicts(code: int, fatal: bool, verdict: Verdict) -> None:
 
 
 def test_adaptive_polling() -> None:
-    delay = 0.0
+    delay, idle = 0.0, 0.0
     seen = []
-    for _ in range(12):
-        delay = next_poll_delay(delay, progressed=False, ceiling=0.1)
+    for _ in range(200):
+        delay = next_poll_delay(delay, progressed=False, ceiling=0.1, idle_for=idle)
+        idle += delay
         seen.append(delay)
-    assert seen[0] == 0.001 and seen[1] == 0.002
+    assert seen[0] == 0.001 and seen[1] == 0.001  # idle for a tenth of nothing yet
+    assert seen == sorted(seen)
     assert max(seen) == 0.1 and seen[-1] == 0.1
-    assert next_poll_delay(0.1, progressed=True, ceiling=0.1) == 0.0
+    # Never more than a tenth of the lull (at least 1 ms), so a short pause costs little.
+    lull = next_poll_delay(0.064, progressed=False, ceiling=0.1, idle_for=0.05)
+    assert lull == pytest.approx(0.005)
+    assert next_poll_delay(0.1, progressed=True, ceiling=0.1, idle_for=9.0) == 0.0
+    # A long-idle relay settles at the ceiling.
+    assert next_poll_delay(0.1, progressed=False, ceiling=0.1, idle_for=60.0) == 0.1
 
 
 def test_reconnect_backoff_is_bounded() -> None:
@@ -97,3 +106,10 @@ def test_fetch_sql_filters_only_what_is_needed() -> None:
     sharded = fetch_sql(table, filter_shards=True, topic_sql="aggregatetype").decode()
     assert "(hashtext(aggregateid) & 63) = ANY(%s)" in sharded
     assert "aggregatetype <> ALL(%s)" in sharded
+
+
+def test_example_ddl_is_what_init_schema_creates() -> None:
+    example = (Path(__file__).resolve().parents[2] / "examples/outbox/schema.sql").read_text()
+    assert example.endswith(table_ddl("outbox", "outbox_dead_letter")), (
+        "examples/outbox/schema.sql is stale: regenerate its DDL with `kcg relay --print-schema`"
+    )

@@ -197,12 +197,14 @@ class OutboxStore:
             return
         assert self.table is not None
         conn = self._c()
+        delete = f"DELETE FROM {self.table.qualified_name} WHERE seq = ANY(%s)".encode()
+        if not dead:
+            # One statement is atomic by itself: one round trip instead of three.
+            conn.execute(delete, (list(acked),))
+            return
         with conn.transaction():
             if acked:
-                conn.execute(
-                    f"DELETE FROM {self.table.qualified_name} WHERE seq = ANY(%s)".encode(),
-                    (list(acked),),
-                )
+                conn.execute(delete, (list(acked),))
             for letter in dead:
                 # Moved inside the database: the payload is not sent back and forth, and the
                 # dead-letter table has the outbox's columns first (CREATE TABLE ... LIKE).
