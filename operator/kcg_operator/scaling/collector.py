@@ -149,7 +149,7 @@ class LagCollector:
         admin = self.client(key, auth)
         try:
             metadata = admin.list_topics(timeout=self._timeout)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             self.requests_failed += 1
             return {g.group_id: GroupSnapshot(g.group_id, now, False, f"metadata: {exc}")
                     for g in requests}
@@ -180,9 +180,10 @@ class LagCollector:
         try:
             for tp, fut in ends_f.items():
                 ends[(tp.topic, tp.partition)] = fut.result(self._timeout).offset
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             self.requests_failed += 1
-            return {g.group_id: GroupSnapshot(g.group_id, now, False, f"list offsets: {exc}")
+            return {g.group_id: GroupSnapshot(g.group_id, now, False,
+                                              f"list offsets: {exc or 'timed out'}")
                     for g in requests}
 
         out: dict[str, GroupSnapshot] = {}
@@ -210,10 +211,10 @@ class LagCollector:
                     snap.offsets[(tp.topic, tp.partition)] = (ends[(tp.topic, tp.partition)],
                                                               offset)
             desc = described.result(self._timeout)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             self.requests_failed += 1
             snap.broker_ok = False
-            snap.error = str(exc)
+            snap.error = str(exc) or f"no answer within {self._timeout:.0f}s"
             return snap
         snap.state = getattr(desc.state, "name", str(desc.state))
         group_type = getattr(desc, "type", None)
