@@ -29,6 +29,8 @@ OPERATOR_RULES = [
      "verbs": ["get", "patch", "update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"],
      "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"],
+     "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["configmaps"],
      "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

@@ -22,6 +22,15 @@ from .conftest import ChartInstall
 pytestmark = pytest.mark.integration
 
 
+def topic_with(stack: dict[str, Any], partitions: int) -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    name = f"rbac-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": str(stack["KAFKA_BOOTSTRAP_SERVERS"])})
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result()
+    return name
+
+
 @pytest.fixture
 def watched(kube: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(kube)
@@ -61,6 +70,20 @@ def test_operator_with_the_chart_token_reconciles_an_example(
         ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
         # The topic does not exist: the operator says so, which proves it reached Kafka too.
         assert ready["reason"] == "TopicNotFound"
+
+        # Scaling goes through deployments/scale: a group over its cap is brought down to
+        # it by this operator, with only the chart's rights.
+        scaled = example("minimal.yaml", topics=[topic_with(stack, 3)],
+                         kafka={"bootstrapServers": str(stack["KAFKA_BOOTSTRAP_SERVERS"])},
+                         scaling={"minReplicas": 1, "maxReplicas": 2, "pollIntervalSeconds": 1})
+        scaled["metadata"] = {"name": "capped", "namespace": watched}
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            "kcg.dev", "v1alpha1", watched, "kafkaconsumergroups", scaled)
+        eventually(lambda: apps.read_namespaced_deployment("capped", watched), timeout=60,
+                   what="the capped Deployment")
+        apps.patch_namespaced_deployment_scale("capped", watched, {"spec": {"replicas": 5}})
+        eventually(lambda: apps.read_namespaced_deployment("capped", watched).spec.replicas <= 2,
+                   timeout=60, what="the operator to scale 5 down within maxReplicas 2")
     finally:
         op.stop()
     log = op.log.read_text(errors="replace")

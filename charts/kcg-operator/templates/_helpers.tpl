@@ -89,6 +89,10 @@ its resources through API discovery).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Replicas decided from lag are set through the scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["get", "patch", "update"]
 # The consumer properties file (owned by the custom resource).
 - apiGroups: [""]
   resources: ["configmaps"]

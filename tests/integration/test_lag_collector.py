@@ -1,0 +1,58 @@
+"""The lag collector against the real broker: one shared client, batched, fresh metadata."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from kcg_operator.scaling.collector import ClusterKey, GroupRequest, LagCollector
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_client_sweeps_many_groups_and_notices_a_growing_topic(
+    stack: dict[str, Any], unique_name: str
+) -> None:
+    bootstrap = str(stack["KAFKA_BOOTSTRAP_SERVERS"])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = unique_name
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for p in range(3):
+        for i in range(10 * (p + 1)):
+            producer.produce(topic, value=b"x", partition=p, key=str(i))
+    producer.flush(10)
+    groups = [f"{unique_name}-g{i}" for i in range(40)]
+    for i, g in enumerate(groups):  # group i committed i messages on partition 0 (max 10)
+        tps = [TopicPartition(topic, 0, min(i, 10))]
+        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(g, tps)])[g].result()
+
+    collector = LagCollector()
+    key = ClusterKey.of(bootstrap)
+    requests = [GroupRequest(g, (topic, "no-such-topic")) for g in groups]
+    snaps = collector.sweep(key, requests)
+    assert collector.clusters == 1
+    for i, g in enumerate(groups):
+        snap = snaps[g]
+        assert snap.broker_ok and snap.partitions == 3
+        assert snap.offsets[(topic, 0)] == (10, min(i, 10))
+        assert snap.offsets[(topic, 1)] == (20, None)  # never committed there
+        assert snap.missing_topics == ("no-such-topic",)
+
+    admin.create_partitions([NewPartitions(topic, 5)])[topic].result()
+    time.sleep(0.5)
+    grown = collector.sweep(key, requests[:1])[groups[0]]
+    assert grown.partitions == 5, "a topic that grows is noticed within one sweep"
+    assert collector.clusters == 1
+
+
+def test_an_unreachable_broker_is_reported_not_raised() -> None:
+    collector = LagCollector(timeout_s=2)
+    snaps = collector.sweep(ClusterKey.of("127.0.0.1:9"), [GroupRequest("g", ("t",))])
+    assert snaps["g"].broker_ok is False
+    assert snaps["g"].error
+    assert collector.requests_failed == 1
