@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-if ! kubectl config current-context >/dev/null 2>&1; then
+has_context() {
+  "$PY" -c 'from kubernetes import config; config.list_kube_config_contexts()[1]["name"]' \
+    >/dev/null 2>&1
+}
+if ! has_context; then
   echo "kcg: no kube context configured: starting the local stack (make down stops it)" >&2
   "$PY" stack/localstack.py up >/dev/null
   eval "$("$PY" stack/localstack.py env)"

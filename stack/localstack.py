@@ -76,6 +76,18 @@ def _run_build(what: str, cmd: Sequence[str], cwd: Path, env: dict[str, str] | N
     print(f"kcg-stack: {what}: done in {time.monotonic() - started:.0f}s", file=sys.stderr)
 
 
+def _check_go_version(go: str) -> None:
+    """Go 1.21+ fetches the toolchain stack/k8s/go.mod names (1.24) by itself; older Go
+    cannot, and would fail with a confusing build error."""
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
+    try:
+        major, minor = (int(x) for x in out.strip().removeprefix("go").split(".")[:2])
+    except ValueError as exc:
+        raise StackError(f"cannot read the Go version from `go env GOVERSION`: {out!r}") from exc
+    if (major, minor) < (1, 21):
+        raise StackError(f"Go {out.strip()} is too old: install Go 1.21+ (https://go.dev/dl)")
+
+
 def _java_major() -> int:
     java = _require("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
     out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
@@ -95,7 +107,9 @@ def postgres_bindir() -> Path:
 
 def setup() -> None:
     """Build or fetch every program of the stack that the cache lacks."""
-    go = _require("go", "install Go 1.24+ (apt-get install golang-go, or https://go.dev/dl)")
+    go = _require("go", "install Go 1.21+ (https://go.dev/dl); newer toolchains are fetched "
+                  "from the Go module proxy as go.mod asks")
+    _check_go_version(go)
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
     if not all((K8S_BIN / p).exists() for p in K8S_PROGRAMS):
         minor = K8S_VERSION.split(".")[1]

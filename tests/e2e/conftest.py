@@ -30,14 +30,20 @@ EXTERNAL = os.environ.get("KCG_E2E_EXTERNAL_CLUSTER") == "1"
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> dict[str, str]:
-    """KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS of the cluster under test."""
+    """KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS of the cluster under test, and SPEC_BOOTSTRAP:
+    the broker address to write into KafkaConsumerGroups, as the operator and pods reach it
+    (on kind: KCG_E2E_KAFKA_BOOTSTRAP_IN_CLUSTER; on the local stack: the same address)."""
     if EXTERNAL:
         missing = [k for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS") if not os.environ.get(k)]
         if missing:
             pytest.exit(f"KCG_E2E_EXTERNAL_CLUSTER=1 needs {', '.join(missing)}", returncode=3)
-        return {k: os.environ[k] for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS")}
-    stack = request.getfixturevalue("stack")
-    return {k: str(stack[k]) for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS")}
+        out = {k: os.environ[k] for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS")}
+    else:
+        stack = request.getfixturevalue("stack")
+        out = {k: str(stack[k]) for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS")}
+    out["SPEC_BOOTSTRAP"] = os.environ.get("KCG_E2E_KAFKA_BOOTSTRAP_IN_CLUSTER",
+                                           out["KAFKA_BOOTSTRAP_SERVERS"])
+    return out
 
 
 @pytest.fixture(scope="session")

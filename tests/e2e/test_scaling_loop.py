@@ -44,7 +44,7 @@ def test_burst_scales_up_to_the_partition_count_drains_and_scales_back(
         "metadata": {"name": name},
         "spec": {
             "topics": [orders],
-            "kafka": {"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]},
+            "kafka": {"bootstrapServers": cluster["SPEC_BOOTSTRAP"]},
             "consumerConfig": {"auto.offset.reset": "earliest"},
             "scaling": {"minReplicas": 1, "maxReplicas": 12, "lagPerReplica": 300,
                         "pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 12},

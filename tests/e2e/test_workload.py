@@ -44,10 +44,10 @@ def test_examples_are_accepted_and_kubectl_shows_real_values(
     core.create_namespaced_secret(ns, client.V1Secret(
         metadata=client.V1ObjectMeta(name="kafka-auth"),
         string_data={"security.protocol": "PLAINTEXT"}))
-    bootstrap = {"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]}
+    bootstrap = {"bootstrapServers": cluster["SPEC_BOOTSTRAP"]}
     minimal = example("minimal.yaml", topics=[orders], kafka=bootstrap)
     full = example("full.yaml", topics=[orders])
-    full["spec"]["kafka"]["bootstrapServers"] = cluster["KAFKA_BOOTSTRAP_SERVERS"]
+    full["spec"]["kafka"]["bootstrapServers"] = cluster["SPEC_BOOTSTRAP"]
     _apply(kubectl, ns, minimal)
     _apply(kubectl, ns, full)
     for name in ("orders-minimal", "orders-processor"):
@@ -74,7 +74,7 @@ def test_deployment_configmap_owner_hash_and_garbage_collection(
 ) -> None:
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     body = example("minimal.yaml", topics=[topic(3)],
-                   kafka={"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]})
+                   kafka={"bootstrapServers": cluster["SPEC_BOOTSTRAP"]})
     body["metadata"]["name"] = "app"
     _apply(kubectl, ns, body)
     dep = eventually(lambda: apps.read_namespaced_deployment("app", ns), timeout=30,
@@ -92,7 +92,7 @@ def test_deployment_configmap_owner_hash_and_garbage_collection(
     container = dep.spec.template.spec.containers[0]
     env = {e.name: e.value for e in container.env}
     assert env["KAFKA_GROUP_ID"] == "app"
-    assert env["KAFKA_BOOTSTRAP_SERVERS"] == cluster["KAFKA_BOOTSTRAP_SERVERS"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == cluster["SPEC_BOOTSTRAP"]
     assert any(m.read_only for m in container.volume_mounts)
     hash_key = "kcg.dev/config-hash"
     first_hash = dep.spec.template.metadata.annotations[hash_key]
@@ -134,7 +134,7 @@ def test_kubectl_scale_sets_deployment_replicas_through_the_scale_subresource(
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     body = example("minimal.yaml", topics=[topic(6)],
-                   kafka={"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]})
+                   kafka={"bootstrapServers": cluster["SPEC_BOOTSTRAP"]})
     _apply(kubectl, ns, body)
     apps = client.AppsV1Api(kube_api)
     eventually(lambda: apps.read_namespaced_deployment("orders-minimal", ns), what="Deployment")
@@ -150,7 +150,7 @@ def test_broken_objects_get_a_reason_and_do_not_stop_the_others(
     operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
-    bootstrap = {"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]}
+    bootstrap = {"bootstrapServers": cluster["SPEC_BOOTSTRAP"]}
     no_secret = example("minimal.yaml", topics=[topic(1)],
                         kafka={**bootstrap, "secretRef": {"name": "missing"}})
     no_secret["metadata"]["name"] = "no-secret"
@@ -184,7 +184,7 @@ def test_rebalance_compliance_is_checked_on_the_broker(
 ) -> None:
     name = f"grp-{assignor.split('-')[0]}"
     body = example("minimal.yaml", topics=[topic(3)],
-                   kafka={"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]})
+                   kafka={"bootstrapServers": cluster["SPEC_BOOTSTRAP"]})
     body["metadata"]["name"] = name
     _apply(kubectl, ns, body)
     consumer = Consumer({"bootstrap.servers": cluster["KAFKA_BOOTSTRAP_SERVERS"],
@@ -213,7 +213,7 @@ def test_outbox_adds_the_relay_as_a_native_sidecar(
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     body = example("minimal.yaml", topics=[topic(2)],
-                   kafka={"bootstrapServers": cluster["KAFKA_BOOTSTRAP_SERVERS"]},
+                   kafka={"bootstrapServers": cluster["SPEC_BOOTSTRAP"]},
                    outbox={"databaseSecretRef": {"name": "orders-db", "key": "dsn"},
                            "table": "outbox", "batchSize": 500})
     body["metadata"]["name"] = "with-outbox"
