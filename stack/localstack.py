@@ -405,7 +405,7 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         f"--service-account-private-key-file={pki / 'sa.key'}",
         f"--root-ca-file={pki / 'ca.crt'}", "--leader-elect=false", "--secure-port=0",
         "--controllers=*", "--use-service-account-credentials=false",
-        "--concurrent-gc-syncs=5", "--v=0",
+        "--concurrent-gc-syncs=5", "--kube-api-qps=100", "--kube-api-burst=200", "--v=0",
     ], owned, procs)
 
     bootstrap = f"127.0.0.1:{kafka_port}"
