@@ -13,7 +13,11 @@ if ! has_context; then
   "$PY" stack/localstack.py up >/dev/null
   eval "$("$PY" stack/localstack.py env)"
   kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
-  kubectl wait --for=condition=Established --timeout=60s crd/kafkaconsumergroups.kcg.dev >/dev/null
+  # `kubectl wait` errors while the CRD has no conditions yet: retry until it serves.
+  for _ in $(seq 60); do
+    kubectl get kcg -A >/dev/null 2>&1 && break
+    sleep 1
+  done
   "$PY" - <<'PYEOF'
 import os
 from confluent_kafka.admin import AdminClient, NewTopic

@@ -188,12 +188,13 @@ def free_port() -> int:
 
 def _preexec(owned: bool, as_user: pwd.struct_passwd | None) -> Callable[[], None]:
     def run() -> None:
-        if owned:
-            # Tie the process to the test run: if the runner dies, even by SIGKILL, so does it.
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if as_user is not None:
             os.setgid(as_user.pw_gid)
             os.setuid(as_user.pw_uid)
+        if owned:
+            # Tie the process to the test run: if the runner dies, even by SIGKILL, so does it.
+            # (After setuid: a change of credentials clears the parent-death signal.)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return run
 
@@ -325,7 +326,12 @@ def _kafka_ready(bootstrap: str) -> bool:
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     md = admin.list_topics(timeout=2)
-    return bool(md.brokers) and md.controller_id != -1
+    if not md.brokers or md.controller_id == -1:
+        return False
+    # Ready means groups work too: a group coordinator answers (this creates and loads
+    # __consumer_offsets), so no test meets a coordinator that is still loading.
+    admin.describe_consumer_groups(["kcg-stack-probe"])["kcg-stack-probe"].result(5)
+    return True
 
 
 def _postgres_ready(port: int) -> bool:

@@ -145,12 +145,27 @@ def process(msg: Message, verbose: bool) -> None:
         )
 
 
+# A commit that loses a race with a rebalance is not an error for an at-least-once app: the
+# stored offsets are committed by the next commit (or on revocation), and whatever the new
+# owner re-reads is dropped by the idempotency key.
+RETRIABLE_COMMIT_ERRORS = frozenset({
+    KafkaError._NO_OFFSET,  # nothing stored since the last commit
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._STATE,  # no assignment at the moment
+})
+
+
 def commit(consumer: Consumer) -> None:
     try:
         consumer.commit(asynchronous=False)
     except KafkaException as exc:
-        if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing stored since last commit
+        code = exc.args[0].code()
+        if code not in RETRIABLE_COMMIT_ERRORS:
             raise
+        if code != KafkaError._NO_OFFSET:
+            log.info("commit deferred: %s", exc.args[0].str())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +210,12 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("consume error: %s", msg.error())
             elif msg is not None:
                 if commit_first:
-                    consumer.commit(message=msg, asynchronous=False)
+                    try:
+                        consumer.commit(message=msg, asynchronous=False)
+                    except KafkaException as exc:
+                        if exc.args[0].code() not in RETRIABLE_COMMIT_ERRORS:
+                            raise
+                        continue  # at-most-once: never process what was not committed
                 key = idempotency_key(msg)
                 if dedup.seen(key):
                     duplicates += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 from collections.abc import Sequence
 
 import kopf
@@ -26,6 +28,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for a stuck operator.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     kopf.configure(verbose=args.verbose)  # kopf's log format, also for our loggers
     # Importing registers the handlers with kopf's default registry.
     import kcg_operator.handlers.workload

@@ -80,8 +80,18 @@ def kubectl(cluster: dict[str, str]) -> Callable[..., subprocess.CompletedProces
 @pytest.fixture(scope="session")
 def crds_installed(kubectl: Callable[..., Any], kube_api: client.ApiClient) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/kafkaconsumergroups.kcg.dev")
+    wait_established(kube_api)
+
+
+def wait_established(api: client.ApiClient, name: str = "kafkaconsumergroups.kcg.dev") -> None:
+    """Wait for the CRD to serve (`kubectl wait` fails while status.conditions is unset)."""
+    ext = client.ApiextensionsV1Api(api)
+
+    def established() -> bool:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    eventually(established, timeout=60, what=f"CRD {name} to be established")
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -298,3 +299,21 @@ def relays(stack: dict[str, Any], table: str, log_dir: Path, count: int = 1,
                 relay.terminate(15)
             if relay.proc.poll() is None:
                 relay.kill()
+
+
+@contextlib.contextmanager
+def fresh_outbox(
+    stack: dict[str, Any], partitions: int = 8, extra_topics: Sequence[str] = ()
+) -> Iterator[tuple[str, str]]:
+    """A fresh outbox table and a topic named after it (the default route: aggregatetype);
+    both dropped afterwards, with any `extra_topics` (suffixes of the topic name)."""
+    name = f"obx_{uuid.uuid4().hex[:10]}"
+    topic = name.replace("_", "-")
+    create_tables(str(stack["OUTBOX_DSN"]), name)
+    create_topic(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic, partitions)
+    try:
+        yield name, topic
+    finally:
+        drop_tables(str(stack["OUTBOX_DSN"]), name)
+        delete_topics(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic,
+                      *(f"{topic}{suffix}" for suffix in extra_topics))

@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import config
+
+from tests.e2e.conftest import wait_established
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +85,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
                                          "session.timeout.ms": "10000"})["spec"],
                                          "rebalanceProtocol": "consumer"}},
      ["session.timeout.ms"]),
+    ("config-key-not-a-property", _with("spec/consumerConfig", {"bad key": "1"}),
+     ["spec.consumerConfig", "librdkafka name"]),
+    ("config-value-with-line-break", _with("spec/consumerConfig",
+                                           {"client.rack": "a\nsasl.password=x"}),
+     ["spec.consumerConfig", "single line"]),
     ("no-containers", _with("spec/template/spec/containers", []),
      ["spec.template", "at least one container"]),
     ("container-without-name", _with(f"{CONTAINER}/name", DELETE),
@@ -116,8 +124,11 @@ def kubectl(stack: dict[str, Any]) -> Any:
 
     applied = run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     assert applied.returncode == 0, applied.stderr
-    run("wait", "--for=condition=Established", "--timeout=60s",
-        "crd/kafkaconsumergroups.kcg.dev")
+    api = config.new_client_from_config(config_file=str(stack["KUBECONFIG"]))
+    try:
+        wait_established(api)
+    finally:
+        api.close()
     return run
 
 

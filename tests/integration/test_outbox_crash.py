@@ -4,7 +4,6 @@ arrives, and the only duplicates are from the batch that was in flight."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,8 @@ from tests.integration.outbox_support import (
     assert_complete_and_ordered,
     consume,
     copy_events,
-    create_tables,
-    create_topic,
-    delete_topics,
-    drop_tables,
     first_occurrences,
+    fresh_outbox,
     keyed_events,
     pending,
     start_relay,
@@ -34,15 +30,8 @@ KEYS, PER_KEY, BATCH, PARTITIONS = 100, 400, 2000, 8
 
 @pytest.fixture
 def outbox(stack: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    name = f"obx_{uuid.uuid4().hex[:10]}"
-    topic = name.replace("_", "-")
-    create_tables(str(stack["OUTBOX_DSN"]), name)
-    create_topic(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic, PARTITIONS)
-    try:
-        yield name, topic
-    finally:
-        drop_tables(str(stack["OUTBOX_DSN"]), name)
-        delete_topics(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic)
+    with fresh_outbox(stack, PARTITIONS) as table_and_topic:
+        yield table_and_topic
 
 
 def _published_in_kafka(consumer: Consumer, topic: str) -> int:

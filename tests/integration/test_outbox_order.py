@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,8 @@ from kcg_operator.outbox.schema import notify_trigger_ddl
 from tests.integration.outbox_support import (
     assert_complete_and_ordered,
     consume,
-    create_tables,
-    create_topic,
-    delete_topics,
-    drop_tables,
     first_occurrences,
+    fresh_outbox,
     insert_events,
     pending,
     relays,
@@ -37,16 +33,8 @@ WRITE_SECONDS = 5.0
 
 @pytest.fixture
 def outbox(stack: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """A fresh outbox table and a topic named after it (the default route: aggregatetype)."""
-    name = f"obx_{uuid.uuid4().hex[:10]}"
-    topic = name.replace("_", "-")
-    create_tables(str(stack["OUTBOX_DSN"]), name)
-    create_topic(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic)
-    try:
-        yield name, topic
-    finally:
-        drop_tables(str(stack["OUTBOX_DSN"]), name)
-        delete_topics(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic)
+    with fresh_outbox(stack) as table_and_topic:
+        yield table_and_topic
 
 
 def _writer(dsn: str, table: str, topic: str, keys: list[str], events: int, seed: int,

@@ -4,7 +4,6 @@ that does not exist yet wait for it instead of being dead-lettered."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,9 @@ import pytest
 
 from tests.integration.outbox_support import (
     consume,
-    create_tables,
     create_topic,
     dead_letters,
-    delete_topics,
-    drop_tables,
+    fresh_outbox,
     insert_events,
     pending,
     relays,
@@ -30,15 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 def outbox(stack: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    name = f"obx_{uuid.uuid4().hex[:10]}"
-    topic = name.replace("_", "-")
-    create_tables(str(stack["OUTBOX_DSN"]), name)
-    create_topic(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic, partitions=1)
-    try:
-        yield name, topic
-    finally:
-        drop_tables(str(stack["OUTBOX_DSN"]), name)
-        delete_topics(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic, f"{topic}-later")
+    with fresh_outbox(stack, partitions=1, extra_topics=["-later"]) as table_and_topic:
+        yield table_and_topic
 
 
 def _event(topic: str, key: str, n: int, pad: int = 0) -> tuple[str, str, str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,8 @@ from tests.integration.outbox_support import (
     assert_complete_and_ordered,
     consume,
     copy_events,
-    create_tables,
-    create_topic,
-    delete_topics,
-    drop_tables,
     first_occurrences,
+    fresh_outbox,
     insert_events,
     keyed_events,
     pending,
@@ -43,15 +39,8 @@ BATCH = 2000
 
 @pytest.fixture
 def outbox(stack: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    name = f"obx_{uuid.uuid4().hex[:10]}"
-    topic = name.replace("_", "-")
-    create_tables(str(stack["OUTBOX_DSN"]), name)
-    create_topic(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic)
-    try:
-        yield name, topic
-    finally:
-        drop_tables(str(stack["OUTBOX_DSN"]), name)
-        delete_topics(str(stack["KAFKA_BOOTSTRAP_SERVERS"]), topic)
+    with fresh_outbox(stack) as table_and_topic:
+        yield table_and_topic
 
 
 def test_kafka_broker_restart_mid_stream(

@@ -18,9 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP: Final = "kcg.dev"
@@ -210,6 +218,15 @@ CONSUMER_CONFIG_RULES: Final[tuple[CelRule, ...]] = (
         for k in sorted(CREDENTIAL_CONSUMER_KEYS)
     ),
     CelRule(f"self.all(k, {_NO_CREDENTIAL_SUFFIX})", CREDENTIAL_SUFFIX_MESSAGE),
+    CelRule(
+        f"self.all(k, k.matches({_cel_string(CONSUMER_PROPERTY_PATTERN)}))",
+        "spec.consumerConfig keys must be client property names (letters, digits, '.', '_' "
+        "and '-'): use the librdkafka name, e.g. max.poll.interval.ms",
+    ),
+    CelRule(
+        "self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))",
+        "spec.consumerConfig values must be a single line: remove the line breaks",
+    ),
 )
 
 NAME_LENGTH_RULE: Final = CelRule(
@@ -483,7 +500,7 @@ class KafkaConsumerGroupSpec(ApiModel):
         "rebalance moves only the partitions that change owner. consumer: the KIP-848 "
         "protocol (Kafka 4+), broker-side incremental assignment.",
     )
-    consumer_config: dict[str, str] = Field(
+    consumer_config: dict[str, Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=dict,
         max_length=MAX_CONSUMER_CONFIG_ENTRIES,
         description="Extra client properties (librdkafka names), e.g. max.poll.interval.ms. "

@@ -2,9 +2,12 @@
 
 KEDA opens a client per ScaledObject and degrades around a few hundred objects. Here a
 sweep of one cluster costs one metadata request, one batched ListOffsets for every
-partition of every watched topic, one DescribeGroups for every group, and one
-OffsetFetch per group, all in flight at once. Topic metadata is re-read every sweep, so a
+partition of every watched topic, one DescribeGroups for every group, and one OffsetFetch
+per group, each kind all in flight at once. Topic metadata is re-read every sweep, so a
 topic that grows is noticed within one sweep.
+
+DescribeGroups goes first and OffsetFetch only to groups whose coordinator answered it (see
+`LagCollector.sweep` for the librdkafka crash this avoids): two round trips per sweep.
 
 This module is the I/O edge: it returns plain snapshots; health and policy are pure
 functions elsewhere.
@@ -164,17 +167,29 @@ class LagCollector:
         ends_f = admin.list_offsets(
             {tp: LATEST for tp in tps}, request_timeout=self._timeout
         ) if tps else {}
+        describe_f = admin.describe_consumer_groups(
+            [g.group_id for g in requests], request_timeout=self._timeout
+        )
+        # OffsetFetch only for groups whose coordinator has answered DescribeGroups: in an
+        # admin client, librdkafka dereferences a NULL consumer group when an OffsetFetch
+        # gets NOT_COORDINATOR (a coordinator still loading, e.g. a fresh broker) and the
+        # whole process dies (confluent-kafka-python#1982, confluent-kafka-javascript#374).
+        described: dict[str, Any] = {}
+        failures: dict[str, str] = {}
+        for g in requests:
+            try:
+                described[g.group_id] = describe_f[g.group_id].result(self._timeout)
+            except (KafkaException, TimeoutError) as exc:
+                self.requests_failed += 1
+                failures[g.group_id] = str(exc) or f"no answer within {self._timeout:.0f}s"
         committed_f: dict[str, Future[Any]] = {}
         for g in requests:
             mine = [tp for tp in tps if tp.topic in g.topics]
-            if mine:
+            if mine and g.group_id in described:
                 committed_f[g.group_id] = admin.list_consumer_group_offsets(
                     [ConsumerGroupTopicPartitions(g.group_id, mine)],
                     request_timeout=self._timeout,
                 )[g.group_id]
-        describe_f = admin.describe_consumer_groups(
-            [g.group_id for g in requests], request_timeout=self._timeout
-        )
 
         ends: dict[tuple[str, int], int] = {}
         try:
@@ -188,15 +203,18 @@ class LagCollector:
 
         out: dict[str, GroupSnapshot] = {}
         for g in requests:
+            if g.group_id in failures:
+                out[g.group_id] = GroupSnapshot(g.group_id, now, False,
+                                                f"describe group: {failures[g.group_id]}")
+                continue
             out[g.group_id] = self._group_snapshot(
-                g, now, counts, ends, committed_f.get(g.group_id), describe_f[g.group_id]
+                g, now, counts, ends, committed_f.get(g.group_id), described[g.group_id]
             )
         return out
 
     def _group_snapshot(
         self, g: GroupRequest, now: float, counts: Mapping[str, int],
-        ends: Mapping[tuple[str, int], int], committed: Future[Any] | None,
-        described: Future[Any],
+        ends: Mapping[tuple[str, int], int], committed: Future[Any] | None, desc: Any,
     ) -> GroupSnapshot:
         snap = GroupSnapshot(
             g.group_id, now, True,
@@ -210,7 +228,6 @@ class LagCollector:
                     offset = tp.offset if tp.offset >= 0 else None
                     snap.offsets[(tp.topic, tp.partition)] = (ends[(tp.topic, tp.partition)],
                                                               offset)
-            desc = described.result(self._timeout)
         except (KafkaException, TimeoutError) as exc:
             self.requests_failed += 1
             snap.broker_ok = False
