@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import faulthandler
 import signal
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="port of the Prometheus /metrics endpoint (0 disables it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["full", "plain", "json"],
+                        default=os.environ.get("KCG_LOG_FORMAT", "full"),
+                        help="log line format (default: $KCG_LOG_FORMAT, else full)")
     return parser.parse_args(list(argv))
 
 
@@ -30,7 +34,9 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for a stuck operator.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    kopf.configure(verbose=args.verbose)  # kopf's log format, also for our loggers
+    # log_prefix: every object's log line names it ([namespace/name]), also in plain text.
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
+                   log_prefix=True)  # kopf's log format, also for our loggers
     # Importing registers the handlers with kopf's default registry.
     import kcg_operator.handlers.workload
     import kcg_operator.runtime  # noqa: F401

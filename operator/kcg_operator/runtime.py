@@ -51,7 +51,7 @@ class _QuietWatchHandlers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Handler 'track") and message.endswith("succeeded."))
+        return not ("Handler 'track" in message and message.endswith("succeeded."))
 
 
 @kopf.on.startup()

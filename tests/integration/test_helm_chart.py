@@ -163,14 +163,14 @@ def test_watch_namespaces_render_one_role_each_and_nothing_cluster_wide(helm: He
 def test_optional_objects_and_settings(helm: Helm) -> None:
     docs = _render(helm, "--set", "metrics.serviceMonitor.enabled=true",
                    "--set", "relayImage=registry.example/relay:2",
-                   "--set", "image.tag=1.2.3", "--set", "logFormat=text")
+                   "--set", "image.tag=1.2.3", "--set", "logFormat=plain")
     monitor = _one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"] == "ghcr.io/kcg-dev/kcg-operator:1.2.3"
     assert env["KCG_RELAY_IMAGE"] == "registry.example/relay:2"
-    assert env["KCG_LOG_FORMAT"] == "text"
+    assert env["KCG_LOG_FORMAT"] == "plain"
 
     user_roles = _render(helm, "--set", "rbac.aggregateToDefaultRoles=true")
     labels = [r["metadata"]["labels"] for r in _kinds(user_roles, "ClusterRole")]
