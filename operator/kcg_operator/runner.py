@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import faulthandler
+import os
 import signal
 from collections.abc import Sequence
 
