@@ -38,8 +38,8 @@ def main() -> int:
                     str(REPO / "crds")], env=env, check=True, capture_output=True)
     subprocess.run([kubectl, "create", "namespace", NS], env=env, capture_output=True)
     topic = f"demo-orders-{uuid.uuid4().hex[:4]}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, PARTITIONS, 1)])[topic].result()
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the request
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result()
     body = {
         "apiVersion": "kcg.dev/v1alpha1", "kind": "KafkaConsumerGroup",
         "metadata": {"name": NAME, "namespace": NS},
