@@ -194,9 +194,14 @@ def _preexec(owned: bool, as_user: pwd.struct_passwd | None) -> Callable[[], Non
         if owned:
             # Tie the process to the test run: if the runner dies, even by SIGKILL, so does it.
             # (After setuid: a change of credentials clears the parent-death signal.)
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            die_with_parent()
 
     return run
+
+
+def die_with_parent() -> None:
+    """A preexec_fn for test helpers' children: SIGTERM them when their parent dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _start(name: str, cmd: Sequence[str], owned: bool, procs: list[Proc],

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
+
+from localstack import die_with_parent
 
 
 class PodRunner:
@@ -36,6 +38,7 @@ class PodRunner:
         self.namespace, self.deployment = namespace, deployment
         self.path_map = path_map
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.stopping: list[subprocess.Popen[bytes]] = []  # SIGTERMed, not yet exited
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pods-{deployment}-"))
         self.log_dir = log_dir or self.workdir
         self.started = 0
@@ -105,7 +108,8 @@ class PodRunner:
         name = f"{self.deployment}-local-{self.started}"
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(self._command(container), env=self._env(container, mounts, name),
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
         log.close()
         self.procs.append(proc)
 
@@ -121,11 +125,13 @@ class PodRunner:
             else:
                 raise
         self.procs = [p for p in self.procs if p.poll() is None]
+        self.stopping = [p for p in self.stopping if p.poll() is None]  # reap
         while len(self.procs) < replicas:
             self._spawn()
         while len(self.procs) > replicas:
             proc = self.procs.pop()  # newest first, like a ReplicaSet scale-down
             proc.send_signal(signal.SIGTERM)
+            self.stopping.append(proc)
         return replicas
 
     def _loop(self) -> None:
@@ -147,12 +153,13 @@ class PodRunner:
             self._thread.join(5)
         for proc in self.procs:
             proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for proc in self.procs + self.stopping:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.procs = []
+                proc.wait()
+        self.procs, self.stopping = [], []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,11 @@ def rebalance_condition(
     if not snap.members:
         return condition("RebalanceCompliant", None, "NoMembers",
                          f"group {kcg.group_id} has no members to check", gen, previous)
+    if snap.state != "STABLE":
+        # Outside Stable the broker reports no protocol: nothing to judge until it settles.
+        return condition("RebalanceCompliant", None, "Rebalancing",
+                         f"group {kcg.group_id} is {snap.state}; checked once it is stable",
+                         gen, previous)
     if snap.assignor == COMPLIANT_ASSIGNOR:
         return condition("RebalanceCompliant", True, "CooperativeSticky",
                          f"{len(snap.members)} members use cooperative-sticky", gen, previous)
@@ -92,6 +97,7 @@ class Controller:
         self.check_interval_s = check_interval_s
         self.collector = collector or LagCollector()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kcg-sweep")
+        self.last_pass = time.monotonic()  # for the liveness probe
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -105,6 +111,7 @@ class Controller:
             self.registry.wake.clear()
 
     def pass_once(self) -> None:
+        self.last_pass = time.monotonic()
         due = self.registry.due()
         metrics.groups_watched.set(len(self.registry))
         by_cluster: dict[ClusterKey, list[tuple[Key, Entry]]] = defaultdict(list)
@@ -122,14 +129,28 @@ class Controller:
                 self._safe(self.write_status, key, entry, None)
                 continue
             by_cluster[entry.cluster].append((key, entry))
-        list(self._pool.map(lambda item: self._sweep_cluster(*item), by_cluster.items()))
+        list(self._pool.map(lambda item: self._sweep_cluster_safely(*item), by_cluster.items()))
+
+    def _sweep_cluster_safely(self, cluster: ClusterKey,
+                              entries: list[tuple[Key, Entry]]) -> None:
+        try:
+            self._sweep_cluster(cluster, entries)
+        except Exception:  # one cluster's trouble never stops the others
+            log.exception("sweeping %s failed", cluster.bootstrap_servers)
+            for _, entry in entries:
+                entry.dirty = True
 
     def _sweep_cluster(self, cluster: ClusterKey, entries: list[tuple[Key, Entry]]) -> None:
         started = time.monotonic()
-        requests = {e.kcg.group_id: GroupRequest(e.kcg.group_id, tuple(e.kcg.spec.topics))
-                    for _, e in entries if e.kcg is not None}
+        # Objects that name the same group on one cluster share one request for the union
+        # of their topics; each then sees only its own topics (for_topics).
+        topics: dict[str, set[str]] = defaultdict(set)
+        for _, e in entries:
+            if e.kcg is not None:
+                topics[e.kcg.group_id].update(e.kcg.spec.topics)
+        requests = [GroupRequest(g, tuple(sorted(t))) for g, t in topics.items()]
         failed_before = self.collector.requests_failed
-        snaps = self.collector.sweep(cluster, requests.values(), auth=entries[0][1].auth)
+        snaps = self.collector.sweep(cluster, requests, auth=entries[0][1].auth)
         label = cluster.bootstrap_servers
         metrics.sweep_duration.labels(label).observe(time.monotonic() - started)
         errors = self.collector.requests_failed - failed_before
@@ -137,7 +158,8 @@ class Controller:
             metrics.kafka_request_errors.labels(label).inc(errors)
         for key, entry in entries:
             if entry.kcg is not None:
-                self._safe(self.evaluate, key, entry, snaps[entry.kcg.group_id])
+                snap = snaps[entry.kcg.group_id].for_topics(entry.kcg.spec.topics)
+                self._safe(self.evaluate, key, entry, snap)
 
     def _safe(self, fn: Any, key: Key, entry: Entry, arg: Any) -> None:
         try:
@@ -182,11 +204,14 @@ class Controller:
             return statuses, lag_seconds
         kcg = entry.kcg
         assert kcg is not None
-        owned = {tp for m in snap.members for tp in m.assigned}
+        # Assignments are only known in a stable group; mid-rebalance, assume owners are alive.
+        owned = ({tp for m in snap.members for tp in m.assigned} if snap.state == "STABLE"
+                 else None)
         labels = (kcg.metadata.namespace or "", kcg.metadata.name, kcg.group_id)
         for tp, (end, committed) in snap.offsets.items():
             window = entry.windows.setdefault(tp, CommitWindow())
-            window.record(committed, end, snap.time_s, owner_alive=tp in owned)
+            window.record(committed, end, snap.time_s,
+                          owner_alive=owned is None or tp in owned)
             start = 0 if entry.starts_from_earliest else end
             lag = max(end - (start if committed is None else committed), 0)
             statuses[tp] = window.status(lag, snap.time_s)
@@ -194,6 +219,7 @@ class Controller:
             table.add(end, snap.time_s)
             seconds = table.time_lag(committed, snap.time_s)
             lag_seconds[tp] = seconds or 0.0
+            entry.partition_series.add((tp[0], str(tp[1])))
             metrics.partition_lag.labels(*labels, tp[0], str(tp[1])).set(lag)
             metrics.partition_lag_seconds.labels(*labels, tp[0], str(tp[1])).set(lag_seconds[tp])
         return statuses, lag_seconds
@@ -224,7 +250,7 @@ class Controller:
             "assignor": ("RebalanceNonCompliant",
                          f"group {kcg.group_id} uses assignor {snap.assignor!r}")
             if snap.broker_ok and snap.group_type != "CONSUMER" and snap.members
-            and snap.assignor != COMPLIANT_ASSIGNOR else None,
+            and snap.state == "STABLE" and snap.assignor != COMPLIANT_ASSIGNOR else None,
         }
         for name, problem in checks.items():
             reason = problem[0] if problem else ""

@@ -18,6 +18,8 @@ from kcg_operator.api.models import API_VERSION, GROUP, PLURAL, VERSION
 from kcg_operator.conditions import now_rfc3339
 
 FIELD_MANAGER = "kcg-operator"
+# (connect, read) seconds: a half-open connection must not stall the controller loop.
+TIMEOUT = (5, 30)
 APPLY = "application/apply-patch+yaml"
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Kube:
         fields we manage; other managers keep theirs)."""
         meta = obj["metadata"]
         kw: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-                              "_content_type": APPLY}
+                              "_content_type": APPLY, "_request_timeout": TIMEOUT}
         self._wrote()
         result: Any
         if obj["kind"] == "ConfigMap":
@@ -66,7 +68,8 @@ class Kube:
     def deployment_replicas(self, namespace: str, name: str) -> tuple[int, int] | None:
         """(spec.replicas, status.readyReplicas) of a Deployment, None when it is absent."""
         try:
-            dep = self.apps.read_namespaced_deployment(name, namespace)
+            dep = self.apps.read_namespaced_deployment(name, namespace,
+                                                       _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -77,13 +80,15 @@ class Kube:
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self._wrote()
         self.apps.patch_namespaced_deployment_scale(
-            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER,
+            _request_timeout=TIMEOUT)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """Decoded data of a Secret, None when it does not exist. Values are credentials:
         callers must never log or store them in status."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.core.read_namespaced_secret(name, namespace,
+                                                      _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -97,7 +102,8 @@ class Kube:
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body,
-                field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+                field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
+                _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: its watch event will forget it
                 raise
@@ -118,6 +124,6 @@ class Kube:
                 "firstTimestamp": now, "lastTimestamp": now, "count": 1,
                 "source": {"component": "kcg-operator"},
                 "reportingComponent": "kcg-operator", "reportingInstance": "kcg-operator",
-            })
+            }, _request_timeout=TIMEOUT)
         except ApiException as exc:  # an Event is telling, never a reason to fail
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)

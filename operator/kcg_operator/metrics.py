@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,11 +35,16 @@ kafka_request_errors = Counter(
 groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
 
 
-def forget_group(namespace: str, name: str, group: str) -> None:
-    """Drop a deleted group's series so dashboards do not show ghosts."""
+def forget_group(namespace: str, name: str, group: str,
+                 partitions: Iterable[tuple[str, str]] = ()) -> None:
+    """Drop a deleted group's series so dashboards and alerts do not show ghosts."""
     for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
+    for topic, partition in partitions:
+        for series in (partition_lag, partition_lag_seconds):
+            with contextlib.suppress(KeyError):
+                series.remove(namespace, name, group, topic, partition)
 api_writes = Counter(
     "kcg_api_writes_total",
     "Writes the controller loop and reconciler made to the Kubernetes API (apply, status, "

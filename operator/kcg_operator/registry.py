@@ -51,6 +51,7 @@ class Entry:
     last_status: dict[str, Any] | None = None
     last_events: dict[str, str] = field(default_factory=dict)
     last_scale_time: str | None = None
+    partition_series: set[tuple[str, str]] = field(default_factory=set)  # metric labels
     replicas: tuple[int, int] | None = None  # Deployment (spec, ready), from its watch
     lock: threading.Lock = field(default_factory=threading.Lock)
 

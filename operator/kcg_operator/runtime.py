@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import kopf
 
 from kcg_operator import metrics
+from kcg_operator.api.models import GROUP_LABEL
 from kcg_operator.kube import Kube, load_client
 from kcg_operator.registry import REGISTRY, Key
 
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 _kube: Kube | None = None
 _stop = threading.Event()
 _thread: threading.Thread | None = None
+_controller: Any = None
+#: A controller pass older than this fails /healthz, so the kubelet restarts a stuck loop.
+STALE_PASS_SECONDS = 300.0
 
 
 def kube() -> Kube:
@@ -42,7 +47,7 @@ def forget(key: Key) -> None:
     entry = REGISTRY.get(key)
     REGISTRY.remove(key)
     if entry is not None and entry.kcg is not None:
-        metrics.forget_group(key[0], key[1], entry.kcg.group_id)
+        metrics.forget_group(key[0], key[1], entry.kcg.group_id, entry.partition_series)
 
 
 class _QuietWatchHandlers(logging.Filter):
@@ -67,16 +72,30 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Resources are found by API discovery; scanning namespaces and CRDs would need
     # cluster-wide rights that the namespaced chart does not grant.
     settings.scanning.disabled = True
+    # Only our Deployments, filtered by the apiserver rather than after the download.
+    settings.watching.label_selectors["apps", "deployments"] = GROUP_LABEL
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
     from kcg_operator.controller import Controller
 
     interval = float(os.environ.get("KCG_CHECK_INTERVAL_SECONDS", "15"))
-    controller = Controller(kube(), REGISTRY, check_interval_s=interval)
+    global _controller
+    controller = _controller = Controller(kube(), REGISTRY, check_interval_s=interval)
     _stop.clear()
     _thread = threading.Thread(target=controller.run, args=(_stop,), name="kcg-controller",
                                daemon=True)
     _thread.start()
+
+
+@kopf.on.probe(id="controllerLoopSeconds")
+def controller_alive(**_: Any) -> float:
+    """Seconds since the controller loop last started a pass; /healthz fails when stale."""
+    if _controller is None:
+        return 0.0
+    age = time.monotonic() - float(_controller.last_pass)
+    if age > STALE_PASS_SECONDS:
+        raise RuntimeError(f"the controller loop has not run for {age:.0f}s")
+    return round(age, 1)
 
 
 @kopf.on.cleanup()

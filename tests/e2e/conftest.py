@@ -25,6 +25,10 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "stack"))
+
+from localstack import die_with_parent  # noqa: E402
+
 EXTERNAL = os.environ.get("KCG_E2E_EXTERNAL_CLUSTER") == "1"
 
 
@@ -115,6 +119,7 @@ class Operator:
             stdout=self._out, stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": kubeconfig, "KCG_CHECK_INTERVAL_SECONDS": "2",
                  **(env or {})},
+            preexec_fn=die_with_parent,  # no orphan if the test run is killed
         )
 
     def metrics(self) -> str:

@@ -30,6 +30,7 @@ def _snap(**kw: Any) -> GroupSnapshot:
                             "partition_counts": {"orders": 2},
                             "offsets": {("orders", 0): (10, 10), ("orders", 1): (5, 5)},
                             "group_type": "CLASSIC", "assignor": "cooperative-sticky",
+                            "state": "STABLE",
                             "members": (Member("m-1", "app-1", "/10.0.0.1",
                                                (("orders", 0), ("orders", 1))),)}
     base.update(kw)
@@ -114,3 +115,27 @@ def test_invalid_spec_gets_ready_false_with_the_reason() -> None:
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert status["conditions"][0]["status"] == "False"
     assert status["observedGeneration"] == 3
+
+
+def test_a_rebalancing_group_is_not_judged_until_stable() -> None:
+    kcg = parse_kafka_consumer_group(_body())
+    cond = rebalance_condition(kcg, _snap(state="PREPARING_REBALANCE", assignor=None), [])
+    assert (cond["status"], cond["reason"]) == ("Unknown", "Rebalancing")
+
+
+def test_operator_client_takes_only_auth_settings_from_the_secret() -> None:
+    from kcg_operator.scaling.collector import operator_auth
+
+    secret = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+              "sasl.username": "u", "sasl.password": "p",
+              "plugin.library.paths": "/tmp/evil.so", "ssl.ca.location": "/etc/shadow"}
+    assert operator_auth(secret) == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                                     "sasl.username": "u", "sasl.password": "p"}
+
+
+def test_objects_sharing_a_group_id_each_see_their_own_topics() -> None:
+    snap = _snap(offsets={("orders", 0): (10, 5), ("payments", 0): (7, 7)},
+                 partition_counts={"orders": 1, "payments": 1}, missing_topics=("gone",))
+    mine = snap.for_topics(["orders", "gone"])
+    assert mine.offsets == {("orders", 0): (10, 5)}
+    assert mine.partitions == 1 and mine.missing_topics == ("gone",)

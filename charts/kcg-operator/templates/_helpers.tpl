@@ -77,27 +77,33 @@ namespaces, no CRDs, no kopf peering objects (the operator runs kopf standalone 
 its resources through API discovery).
 */}}
 {{- define "kcg-operator.rules" -}}
-# The custom resources: watch them, add/remove kopf's finalizer and annotations.
+# The custom resources: watch them; kopf keeps its progress in their annotations.
 - apiGroups: ["kcg.dev"]
   resources: ["kafkaconsumergroups"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Report status and conditions.
+  verbs: ["get", "list", "watch", "patch"]
+# Report status and conditions (server-side apply on the status subresource).
 - apiGroups: ["kcg.dev"]
   resources: ["kafkaconsumergroups/status"]
-  verbs: ["get", "patch", "update"]
-# The consumer workload (owned by the custom resource).
+  verbs: ["get", "patch"]
+# Owner references with blockOwnerDeletion need this where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened clusters).
+- apiGroups: ["kcg.dev"]
+  resources: ["kafkaconsumergroups/finalizers"]
+  verbs: ["update"]
+# The consumer workload (owned by the custom resource): server-side apply, and a watch
+# of its replicas. delete: owner references need it under the admission plugin above.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Replicas decided from lag are set through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
-# The consumer properties file (owned by the custom resource).
+  verbs: ["patch"]
+# The consumer properties file (owned by the custom resource); never listed or watched.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Check that spec.kafka.secretRef / spec.outbox.databaseSecretRef exist and hold the keys.
+  verbs: ["get", "create", "patch", "delete"]
+# Read the Secret named by spec.kafka.secretRef (its keys, and auth for lag collection).
 # Only `get` by name: the operator can never list or watch Secrets.
 - apiGroups: [""]
   resources: ["secrets"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from kcg_operator import runtime
 from kcg_operator.api.models import (
@@ -95,8 +96,15 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> No
         entry.starts_from_earliest = (
             workload.config.consumer.get("auto.offset.reset", "latest") in ("earliest",
                                                                              "smallest"))
-        kube.apply(workload.config_map)
-        kube.apply(workload.deployment)
+        try:
+            kube.apply(workload.config_map)
+            kube.apply(workload.deployment)
+        except ApiException as exc:  # e.g. a policy webhook or quota refusing the workload
+            message = f"applying the workload failed: {exc.status} {exc.reason}: {exc.body}"
+            _record(key, body, Reconciled(generation, False, "ApplyFailed", message[:2000]))
+            raise kopf.TemporaryError(message[:500], delay=30) from None
+        # The Deployment's own watch event may have come before this object was known.
+        entry.replicas = (replicas, current[1] if current else 0)
     config_id = workload.deployment["spec"]["template"]["metadata"]["annotations"][
         CONFIG_HASH_ANNOTATION][:12]
     message = (f"Deployment {deployment_name(kcg)} and its consumer properties applied "

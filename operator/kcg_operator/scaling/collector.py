@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import (
@@ -98,14 +98,38 @@ class GroupSnapshot:
     def total_lag(self) -> int:
         return sum(lag for lag in self.lags().values())
 
+    def for_topics(self, topics: Iterable[str]) -> GroupSnapshot:
+        """This snapshot narrowed to `topics` (several objects may share one group id)."""
+        wanted = set(topics)
+        return replace(
+            self,
+            offsets={tp: v for tp, v in self.offsets.items() if tp[0] in wanted},
+            partition_counts={t: n for t, n in self.partition_counts.items() if t in wanted},
+            missing_topics=tuple(t for t in self.missing_topics if t in wanted),
+        )
+
     def lags(self) -> dict[tuple[str, int], int]:
         """Lag per partition; a partition never committed counts from offset 0, as
         auto.offset.reset=earliest would consume it."""
         return {tp: max(end - (committed or 0), 0) for tp, (end, committed) in self.offsets.items()}
 
 
-class SweepError(Exception):
-    """The cluster did not answer; every group of it gets broker_ok=False."""
+#: Secret keys the operator's own admin client takes. The Secret belongs to the group's
+#: namespace, so a key that makes librdkafka load a library or read a file from the
+#: operator's filesystem (plugin.library.paths, *.location) is never passed on.
+OPERATOR_AUTH_KEYS = frozenset({
+    "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username",
+    "sasl.password", "sasl.oauthbearer.method", "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.scope",
+    "sasl.oauthbearer.token.endpoint.url", "sasl.oauthbearer.extensions",
+    "ssl.ca.pem", "ssl.certificate.pem", "ssl.key.pem", "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+})
+
+
+def operator_auth(auth: Mapping[str, str] | None) -> dict[str, str]:
+    """The part of a group's auth Secret the operator's admin client uses."""
+    return {k: v for k, v in (auth or {}).items() if k in OPERATOR_AUTH_KEYS}
 
 
 class LagCollector:
@@ -131,7 +155,7 @@ class LagCollector:
                     "reconnect.backoff.ms": 500,
                     "reconnect.backoff.max.ms": 10000,
                 }
-                conf.update(auth or {})
+                conf.update(operator_auth(auth))
                 admin = AdminClient(conf)
                 self._clients[key] = admin
             return admin
@@ -149,7 +173,12 @@ class LagCollector:
         now = time.time()
         if not requests:
             return {}
-        admin = self.client(key, auth)
+        try:
+            admin = self.client(key, auth)
+        except (KafkaException, ValueError, TypeError) as exc:  # a bad setting in the Secret
+            self.requests_failed += 1
+            return {g.group_id: GroupSnapshot(g.group_id, now, False, f"client settings: {exc}")
+                    for g in requests}
         try:
             metadata = admin.list_topics(timeout=self._timeout)
         except (KafkaException, TimeoutError) as exc:
@@ -191,21 +220,28 @@ class LagCollector:
                     request_timeout=self._timeout,
                 )[g.group_id]
 
+        # One partition that cannot answer (an offline leader, a topic deleted meanwhile)
+        # only affects the groups that read it.
         ends: dict[tuple[str, int], int] = {}
-        try:
-            for tp, fut in ends_f.items():
+        failed_topics: dict[str, str] = {}
+        for tp, fut in ends_f.items():
+            try:
                 ends[(tp.topic, tp.partition)] = fut.result(self._timeout).offset
-        except (KafkaException, TimeoutError) as exc:
-            self.requests_failed += 1
-            return {g.group_id: GroupSnapshot(g.group_id, now, False,
-                                              f"list offsets: {exc or 'timed out'}")
-                    for g in requests}
+            except (KafkaException, TimeoutError) as exc:
+                self.requests_failed += 1
+                failed_topics.setdefault(tp.topic, f"{tp.topic}[{tp.partition}]: "
+                                                   f"{exc or 'timed out'}")
 
         out: dict[str, GroupSnapshot] = {}
         for g in requests:
             if g.group_id in failures:
                 out[g.group_id] = GroupSnapshot(g.group_id, now, False,
                                                 f"describe group: {failures[g.group_id]}")
+                continue
+            broken = [failed_topics[t] for t in g.topics if t in failed_topics]
+            if broken:
+                out[g.group_id] = GroupSnapshot(g.group_id, now, False,
+                                                f"list offsets: {'; '.join(broken)}")
                 continue
             out[g.group_id] = self._group_snapshot(
                 g, now, counts, ends, committed_f.get(g.group_id), described[g.group_id]
