@@ -7,6 +7,7 @@ stops it at the end, also when tests fail or the run is interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from collections.abc import Iterator
@@ -43,3 +44,16 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A DNS-1123 name unique to this test, for topics, groups and namespaces."""
     base = request.node.name.lower().replace("_", "-")[:40].strip("-")
     return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def fresh_namespace(api: Any, name: str) -> Iterator[str]:
+    """A namespace for one test, deleted afterwards (its objects with it)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)

@@ -24,6 +24,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from tests.conftest import fresh_namespace
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "stack"))
 
@@ -156,12 +158,8 @@ def operator(cluster: dict[str, str], crds_installed: None,
 
 @pytest.fixture
 def ns(kube_api: client.ApiClient, unique_name: str) -> Iterator[str]:
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=unique_name)))
-    try:
-        yield unique_name
-    finally:
-        core.delete_namespace(unique_name)
+    with fresh_namespace(kube_api, unique_name) as name:
+        yield name
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from tests.conftest import fresh_namespace
+
 pytestmark = pytest.mark.integration
 
 
@@ -31,12 +33,8 @@ def kube(stack: dict[str, Any]) -> Iterator[client.ApiClient]:
 
 @pytest.fixture
 def namespace(kube: client.ApiClient, unique_name: str) -> Iterator[str]:
-    core = client.CoreV1Api(kube)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=unique_name)))
-    try:
-        yield unique_name
-    finally:
-        core.delete_namespace(unique_name)
+    with fresh_namespace(kube, unique_name) as name:
+        yield name
 
 
 # --------------------------------------------------------------------------- the Helm chart
