@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kcg_operator import metrics
@@ -25,7 +26,7 @@ from kcg_operator.registry import Entry, Key, Registry
 from kcg_operator.scaling import health
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
 from kcg_operator.scaling.health import CommitWindow
-from kcg_operator.scaling.policy import Decision, Observation, decide
+from kcg_operator.scaling.policy import Decision, Observation, PartitionKey, decide
 from kcg_operator.scaling.timelag import OffsetTimeTable
 from kcg_operator.workload.render import deployment_name
 
@@ -87,6 +88,18 @@ def outbox_condition(replicas: tuple[int, int] | None, generation: int | None,
                      f"{ready}/{wanted} pods ready; a pod is ready only when its outbox relay "
                      "reaches PostgreSQL and Kafka (see the relay's /readyz and logs)",
                      generation, previous)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one sweep found for one group, as the status shows it."""
+
+    snap: GroupSnapshot
+    statuses: dict[PartitionKey, str] = field(default_factory=dict)  # Burrow, per partition
+    lags: dict[PartitionKey, int] = field(default_factory=dict)  # messages
+    lag_seconds: dict[PartitionKey, float] = field(default_factory=dict)
+    decision: Decision | None = None
+    current: int | None = None  # the Deployment's replicas after this sweep
 
 
 class Controller:
@@ -174,7 +187,7 @@ class Controller:
         kcg = entry.kcg
         assert kcg is not None
         now = snap.time_s
-        statuses, lag_seconds = self._observe_partitions(entry, snap)
+        observed = self._observe_partitions(entry, snap)
         current, ready = entry.replicas or (None, None)
         decision: Decision | None = None
         if kcg.spec.scaling is not None and current is not None:
@@ -185,7 +198,7 @@ class Controller:
                            for tp, (_, c) in snap.offsets.items()},
                 replicas=current, partitions=snap.partitions or None,
                 broker_ok=snap.broker_ok and not snap.missing_topics,
-                statuses=statuses, ready_replicas=ready,
+                statuses=observed.statuses, ready_replicas=ready,
                 assignment={m.member_id: list(m.assigned) for m in snap.members} or None,
             )
             decision, entry.policy = decide(obs, kcg.spec.scaling, entry.policy)
@@ -193,15 +206,14 @@ class Controller:
                 self._scale(key, entry, kcg, current, decision)
                 current = decision.desired
         self._transition_events(entry, kcg, snap)
-        self.write_status(key, entry, (snap, statuses, lag_seconds, decision, current))
+        self.write_status(key, entry, replace(observed, decision=decision, current=current))
 
     def _observe_partitions(
         self, entry: Entry, snap: GroupSnapshot
-    ) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], float]]:
-        statuses: dict[tuple[str, int], str] = {}
-        lag_seconds: dict[tuple[str, int], float] = {}
+    ) -> Observed:
+        observed = Observed(snap)
         if not snap.broker_ok:
-            return statuses, lag_seconds
+            return observed
         kcg = entry.kcg
         assert kcg is not None
         # Assignments are only known in a stable group; mid-rebalance, assume owners are alive.
@@ -212,17 +224,18 @@ class Controller:
             window = entry.windows.setdefault(tp, CommitWindow())
             window.record(committed, end, snap.time_s,
                           owner_alive=owned is None or tp in owned)
+            # A partition never committed is consumed from where auto.offset.reset says.
             start = 0 if entry.starts_from_earliest else end
             lag = max(end - (start if committed is None else committed), 0)
-            statuses[tp] = window.status(lag, snap.time_s)
+            observed.lags[tp] = lag
+            observed.statuses[tp] = window.status(lag, snap.time_s)
             table = entry.timelag.setdefault(tp, OffsetTimeTable())
             table.add(end, snap.time_s)
-            seconds = table.time_lag(committed, snap.time_s)
-            lag_seconds[tp] = seconds or 0.0
+            seconds = observed.lag_seconds[tp] = table.time_lag(committed, snap.time_s) or 0.0
             entry.partition_series.add((tp[0], str(tp[1])))
             metrics.partition_lag.labels(*labels, tp[0], str(tp[1])).set(lag)
-            metrics.partition_lag_seconds.labels(*labels, tp[0], str(tp[1])).set(lag_seconds[tp])
-        return statuses, lag_seconds
+            metrics.partition_lag_seconds.labels(*labels, tp[0], str(tp[1])).set(seconds)
+        return observed
 
     def _scale(self, key: Key, entry: Entry, kcg: KafkaConsumerGroup, current: int,
                decision: Decision) -> None:
@@ -260,14 +273,14 @@ class Controller:
 
     # ------------------------------------------------------------------ status
 
-    def write_status(self, key: Key, entry: Entry, observed: Any) -> None:
+    def write_status(self, key: Key, entry: Entry, observed: Observed | None) -> None:
         status = self.render_status(entry, observed)
         if status == entry.last_status:
             return
         self.kube.apply_status(key[0], key[1], status)
         entry.last_status = status
 
-    def render_status(self, entry: Entry, observed: Any) -> dict[str, Any]:
+    def render_status(self, entry: Entry, observed: Observed | None) -> dict[str, Any]:
         body = entry.body
         previous = (body.get("status") or {}).get("conditions") or []
         if entry.last_status is not None:
@@ -285,7 +298,8 @@ class Controller:
             status["conditions"] = conditions
             return status
 
-        snap, statuses, lag_seconds, decision, current = observed
+        snap, statuses, lag_seconds = observed.snap, observed.statuses, observed.lag_seconds
+        decision, current = observed.decision, observed.current
         kcg = entry.kcg
         assert kcg is not None
         status["observedGeneration"] = generation
@@ -304,9 +318,7 @@ class Controller:
         conditions.append(rebalance_condition(kcg, snap, previous))
         if snap.broker_ok:
             group = health.group_status(statuses.values()) if statuses else "OK"
-            total = decision.total_lag if decision else sum(
-                max(e - (c if c is not None else (0 if entry.starts_from_earliest else e)), 0)
-                for e, c in snap.offsets.values())
+            total = decision.total_lag if decision else sum(observed.lags.values())
             max_seconds = round(max(lag_seconds.values(), default=0.0), 1)
             status.update(partitions=snap.partitions, totalLag=total, lagStatus=group,
                           maxTimeLagSeconds=max_seconds)

@@ -8,7 +8,12 @@ import pytest
 
 from kcg_operator.api.models import parse_kafka_consumer_group
 from kcg_operator.conditions import condition
-from kcg_operator.controller import Controller, outbox_condition, rebalance_condition
+from kcg_operator.controller import (
+    Controller,
+    Observed,
+    outbox_condition,
+    rebalance_condition,
+)
 from kcg_operator.handlers.workload import initial_replicas
 from kcg_operator.registry import Entry, Reconciled, Registry
 from kcg_operator.scaling.collector import GroupSnapshot, Member
@@ -84,7 +89,7 @@ def test_initial_replicas_follow_spec_or_keep_the_scalers_choice() -> None:
 
 
 class _NoKube:
-    writes = 0
+    """render_status makes no API calls; the controller only needs something to hold."""
 
 
 def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> None:
@@ -94,10 +99,10 @@ def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> Non
                                   "kcg.dev/group=orders")
     entry.replicas = (1, 1)
     ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
-    first = ctl.render_status(entry, (_snap(), {}, {}, None, 1))
+    first = ctl.render_status(entry, Observed(_snap(), current=1))
     entry.last_status = first
     entry.body = {**body, "status": first}
-    second = ctl.render_status(entry, (_snap(time_s=200.0), {}, {}, None, 1))
+    second = ctl.render_status(entry, Observed(_snap(time_s=200.0), current=1))
     assert first == second
     assert first["observedGeneration"] == 3 and first["totalLag"] == 0
     types = {c["type"]: c["status"] for c in first["conditions"]}

@@ -94,10 +94,6 @@ class GroupSnapshot:
     def partitions(self) -> int:
         return sum(self.partition_counts.values())
 
-    @property
-    def total_lag(self) -> int:
-        return sum(lag for lag in self.lags().values())
-
     def for_topics(self, topics: Iterable[str]) -> GroupSnapshot:
         """This snapshot narrowed to `topics` (several objects may share one group id)."""
         wanted = set(topics)
@@ -107,11 +103,6 @@ class GroupSnapshot:
             partition_counts={t: n for t, n in self.partition_counts.items() if t in wanted},
             missing_topics=tuple(t for t in self.missing_topics if t in wanted),
         )
-
-    def lags(self) -> dict[tuple[str, int], int]:
-        """Lag per partition; a partition never committed counts from offset 0, as
-        auto.offset.reset=earliest would consume it."""
-        return {tp: max(end - (committed or 0), 0) for tp, (end, committed) in self.offsets.items()}
 
 
 #: Secret keys the operator's own admin client takes. The Secret belongs to the group's
