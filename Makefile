@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STACK := $(PYTHON) stack/localstack.py
 
 .PHONY: all test unit lint setup up down env status clean crds chart-crds run demo \
-        kind-e2e bench-scaling bench-outbox bench-sweep
+        kind-e2e bench-scaling bench-outbox bench-sweep bench-rebalance
 
 all: test
 
@@ -65,7 +65,11 @@ bench-sweep: setup
 bench-outbox: setup
 	$(PYTHON) benchmarks/bench_outbox.py
 
-## up/down: the local stack (etcd, kube-apiserver, controller-manager, Kafka, PostgreSQL)
+# bench-rebalance needs the node: it uses the running stack (make up).
+bench-rebalance: setup
+	$(PYTHON) benchmarks/bench_rebalance.py
+
+## up/down: the local stack (control plane, the node, Kafka, PostgreSQL)
 up: setup
 	@$(STACK) up >/dev/null
 	@echo 'kcg: stack is up; point your shell at it with: eval "$$(make -s env)"'

@@ -1,9 +1,9 @@
 """make demo: watch a consumer group scale up on a burst and back down.
 
 Brings up the local stack (or uses the running one), starts the operator, applies a
-KafkaConsumerGroup with scaling, runs local consumer processes that follow the
-Deployment's replicas (the stack has no kubelet), produces a burst, and shows
-`kubectl get kcg -w` until the group is back at minReplicas. Ctrl-C stops everything.
+KafkaConsumerGroup with scaling whose consumers run as pods of the example image on the
+stack's node, produces a burst, and shows `kubectl get kcg -w` until the group is back at
+minReplicas. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 import localstack  # noqa: E402
-from podrunner import PodRunner  # noqa: E402
 
 NS, NAME, PARTITIONS, BURST = "kcg-demo", "orders", 6, 12000
 
@@ -48,7 +47,7 @@ def main() -> int:
             "scaling": {"minReplicas": 1, "maxReplicas": 12, "lagPerReplica": 500,
                         "pollIntervalSeconds": 3, "scaleDownStabilizationSeconds": 20},
             "template": {"spec": {"containers": [{
-                "name": "consumer", "image": "example/consumer:local",
+                "name": "consumer", "image": "ghcr.io/kcg-dev/kcg-example-apps:0.1.0",
                 "command": ["python", "/app/consumer.py"], "args": ["--rate", "150"]}]}},
         },
     }
@@ -68,7 +67,6 @@ def main() -> int:
             break
         except client.ApiException:
             time.sleep(0.5)
-    runner = PodRunner(api, NS, NAME, {"/app": str(REPO / "examples" / "consumer")}).start()
     watch = subprocess.Popen([kubectl, "get", "kcg", "-n", NS, "-w"], env=env)
     try:
         time.sleep(8)
@@ -94,7 +92,6 @@ def main() -> int:
         pass
     finally:
         watch.terminate()
-        runner.stop()
         operator.terminate()
         operator.wait(20)
         subprocess.run([kubectl, "delete", "namespace", NS, "--wait=false"], env=env,

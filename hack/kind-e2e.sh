@@ -165,9 +165,13 @@ fi
 
 step "building image $IMAGE"
 docker build -t "$IMAGE" .
+# The example consumer apps the e2e workload runs (also under the examples' own name).
+EXAMPLES_IMAGE="${EXAMPLES_IMAGE:-kcg-example-apps:e2e}"
+docker build -t "$EXAMPLES_IMAGE" -t ghcr.io/kcg-dev/kcg-example-apps:0.1.0 examples
 
 step "loading $IMAGE into the cluster"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+kind load docker-image "$IMAGE" "$EXAMPLES_IMAGE" ghcr.io/kcg-dev/kcg-example-apps:0.1.0 \
+  --name "$CLUSTER"
 
 step "installing the chart (release $RELEASE in $NAMESPACE)"
 # The image was side-loaded into the node, so it must never be pulled.
@@ -188,6 +192,7 @@ step "running the e2e suite against kind"
 # KCG_E2E_OPERATOR_RUNNING=1: the operator under test is the one the chart installed.
 KCG_E2E_EXTERNAL_CLUSTER=1 \
   KCG_E2E_OPERATOR_RUNNING=1 \
+  KCG_E2E_EXAMPLES_IMAGE="$EXAMPLES_IMAGE" \
   KCG_E2E_OPERATOR_NAMESPACE="$NAMESPACE" \
   KCG_E2E_OPERATOR_RELEASE="$RELEASE" \
   "$PYTEST" -m e2e "$@"

@@ -12,7 +12,10 @@ keyed by version, so a fresh checkout on a warm machine builds nothing. Runtime 
 
 The control plane is run the way controller-runtime's envtest runs it (client-certificate
 admin, RBAC, service-account signing keys, secure port on loopback), plus the
-controller-manager for garbage collection and Deployments. There is no kubelet.
+controller-manager for garbage collection and Deployments, kube-scheduler, and one real
+node (stack/node.py: containerd + runc, CNI bridge networking, kubelet, kube-proxy) running
+images built here without a Docker daemon (stack/images.py). Every server listens on the
+node's bridge address (198.18.N.1), which pods and the host reach alike.
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images
+import node
 
 K8S_VERSION = "v1.34.4"
 HELM_VERSION = "v3.19.0"
@@ -47,12 +54,22 @@ STATE = Path(os.environ.get("KCG_STACK_DIR", REPO / ".stack"))
 K8S_BIN = CACHE / f"k8s-{K8S_VERSION}" / "bin"
 HELM_BIN = CACHE / f"helm-{HELM_VERSION}" / "bin"
 KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
-K8S_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kubectl", "etcd")
+# Per slot (one containerd may hold a root: its metadata database is locked), so images
+# persist across `up`s of the same slot; containers do not.
+CONTAINERD_ROOT = CACHE / "containerd"
+K8S_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+                "kube-proxy", "kubectl", "etcd", "pause")
 PR_SET_PDEATHSIG = 1
 
 
 class StackError(Exception):
     """A problem the user can fix; printed as one line, never as a stack trace."""
+
+
+def with_node() -> bool:
+    """Whether `up` starts the node (KCG_STACK_NODE=0: the control plane, Kafka and
+    PostgreSQL only, on loopback, for machines without root or tests of the stack itself)."""
+    return os.environ.get("KCG_STACK_NODE", "1") != "0"
 
 
 # --------------------------------------------------------------------------- setup
@@ -154,6 +171,26 @@ def setup() -> None:
         _replace_dir(tmp, KAFKA_LIBS)
     postgres_bindir()
     _require("openssl", "apt-get install openssl")
+    if with_node():
+        with _as_stack_error():
+            node.check_prerequisites()
+            build_images()
+
+
+@contextlib.contextmanager
+def _as_stack_error() -> Iterator[None]:
+    try:
+        yield
+    except (node.NodeError, images.ImageError) as exc:
+        raise StackError(str(exc)) from exc
+
+
+def build_images() -> dict[str, images.Image]:
+    """The images the node runs, built here (cached by content): sandbox, operator, examples."""
+    built = {"pause": images.pause(K8S_BIN / "pause"), "operator": images.operator_image()}
+    if (REPO / "examples" / "Dockerfile").exists():
+        built["examples"] = images.examples_image()
+    return built
 
 
 def _mkdir(path: Path) -> Path:
@@ -264,18 +301,26 @@ def _openssl(*args: str) -> None:
         raise StackError(f"openssl {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
-def _make_pki() -> None:
+def _make_pki(host: str, service_ip: str) -> None:
     pki = _mkdir(STATE / "pki")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
              "ca.crt", "-days", "365", "-subj", "/CN=kcg-local-ca")
     (pki / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:10.0.0.1,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"
+        f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{host},IP:{service_ip},DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        "DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n"
     )
+    (pki / "kubelet.ext").write_text(
+        f"subjectAltName=DNS:{node.NODE_NAME},IP:{host}\nextendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subj, ext in (
         ("apiserver", "/CN=kube-apiserver", "server.ext"),
         ("admin", "/O=system:masters/CN=admin", "client.ext"),
+        # The node's own identities, as kubeadm makes them: the Node authorizer and the
+        # default system:node-proxier binding give them exactly a node's rights.
+        ("kubelet", f"/CN={node.NODE_NAME}", "kubelet.ext"),
+        ("kubelet-client", f"/O=system:nodes/CN=system:node:{node.NODE_NAME}", "client.ext"),
+        ("kube-proxy", "/CN=system:kube-proxy", "client.ext"),
     ):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
                  f"{name}.csr", "-subj", subj)
@@ -289,22 +334,22 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def _write_kubeconfig(port: int) -> Path:
+def _write_kubeconfig(server: str, user: str = "admin", name: str = "kubeconfig") -> Path:
     pki = STATE / "pki"
-    path = STATE / "kubeconfig"
+    path = STATE / name
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "kcg-local", "cluster": {
-                    "server": f"https://127.0.0.1:{port}",
+                    "server": server,
                     "certificate-authority-data": _b64(pki / "ca.crt")}}],
-                "users": [{"name": "admin", "user": {
-                    "client-certificate-data": _b64(pki / "admin.crt"),
-                    "client-key-data": _b64(pki / "admin.key")}}],
+                "users": [{"name": user, "user": {
+                    "client-certificate-data": _b64(pki / f"{user}.crt"),
+                    "client-key-data": _b64(pki / f"{user}.key")}}],
                 "contexts": [{"name": "kcg-local",
-                              "context": {"cluster": "kcg-local", "user": "admin"}}],
+                              "context": {"cluster": "kcg-local", "user": user}}],
                 "current-context": "kcg-local",
             },
             indent=2,
@@ -317,12 +362,17 @@ def _write_kubeconfig(port: int) -> Path:
 # --------------------------------------------------------------------------- up / down
 
 
-def _https_ok(port: int, path: str) -> bool:
+def _https_get(server: str, path: str) -> bytes:
     pki = STATE / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=2) as r:
-        return bool(r.status == 200)
+    with urllib.request.urlopen(f"{server}{path}", context=ctx, timeout=2) as r:
+        return bytes(r.read())
+
+
+def _https_ok(server: str, path: str) -> bool:
+    _https_get(server, path)
+    return True
 
 
 def _http_ok(url: str) -> bool:
@@ -343,11 +393,17 @@ def _kafka_ready(bootstrap: str) -> bool:
     return True
 
 
-def _postgres_ready(port: int) -> bool:
+def _postgres_ready(dsn: str) -> bool:
     import psycopg
 
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=2):
+    with psycopg.connect(dsn, connect_timeout=2):
         return True
+
+
+def _node_ready(server: str) -> bool:
+    obj = json.loads(_https_get(server, f"/api/v1/nodes/{node.NODE_NAME}"))
+    conditions = obj.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def read_state() -> dict[str, object] | None:
@@ -371,18 +427,42 @@ def up(owned: bool = False) -> dict[str, object]:
     _mkdir(STATE / "logs")
     procs: list[Proc] = []
     try:
-        return _up(owned, procs)
+        with _as_stack_error():
+            return _up(owned, procs)
     except BaseException:
         down(quiet=True)
         raise
 
 
+class _Phases:
+    """Prints how long each start-up phase took (CI keeps an eye on the total)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+        self.done: list[str] = []
+
+    def mark(self, what: str) -> None:
+        now = time.monotonic()
+        self.done.append(f"{what} {now - self.last:.1f}s")
+        self.last = now
+
+    def summary(self) -> str:
+        return f"{time.monotonic() - self.t0:.1f}s ({', '.join(self.done)})"
+
+
 def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
-    t0 = time.monotonic()
-    _make_pki()
+    phases = _Phases()
+    slot = node.claim_slot(STATE) if with_node() else None
+    if slot is not None:
+        (STATE / "slot").write_text(str(slot.index))
+    host = slot.node_ip if slot else "127.0.0.1"
+    service_cidr = slot.service_cidr if slot else "10.0.0.0/24"
+    service_ip = slot.kubernetes_service_ip if slot else "10.0.0.1"
+    _make_pki(host, service_ip)
     pki = STATE / "pki"
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     kafka_port, kafka_ctl, pg_port = free_port(), free_port(), free_port()
+    phases.mark("pki")
 
     _start("etcd", [
         str(K8S_BIN / "etcd"), f"--data-dir={STATE / 'etcd'}",
@@ -393,26 +473,33 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
         "--unsafe-no-fsync=true", "--quota-backend-bytes=4294967296", "--log-level=warn",
     ], owned, procs)
-    _start_kafka(kafka_port, kafka_ctl, owned, procs)
-    _start_postgres(pg_port, owned, procs)
+    _start_kafka(host, kafka_port, kafka_ctl, owned, procs)
+    _start_postgres(host, pg_port, owned, procs)
     _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, procs)
 
+    server = f"https://{host}:{api_port}"
     _start("kube-apiserver", [
         str(K8S_BIN / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
         f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}", f"--client-ca-file={pki / 'ca.crt'}",
-        f"--secure-port={api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-        "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-        "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
-        f"--service-account-issuer=https://127.0.0.1:{api_port}/",
+        f"--secure-port={api_port}", f"--bind-address={host}", f"--advertise-address={host}",
+        f"--service-cluster-ip-range={service_cidr}", "--allow-privileged=true",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        *([] if slot else ["--disable-admission-plugins=ServiceAccount"]),
+        "--service-account-issuer=https://kubernetes.default.svc",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+        f"--kubelet-client-key={pki / 'admin.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
         "--enable-priority-and-fairness=false", "--v=0",
     ], owned, procs)
-    _wait("kube-apiserver", lambda: _https_ok(api_port, "/readyz"), 90, procs)
-    kubeconfig = _write_kubeconfig(api_port)
+    _wait("kube-apiserver", lambda: _https_ok(server, "/readyz"), 90, procs)
+    kubeconfig = _write_kubeconfig(server)
     _wait("the default namespace",
-          lambda: _https_ok(api_port, "/api/v1/namespaces/default"), 60, procs)
+          lambda: _https_ok(server, "/api/v1/namespaces/default"), 60, procs)
+    phases.mark("control plane")
 
     _start("kube-controller-manager", [
         str(K8S_BIN / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
@@ -422,26 +509,78 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         "--controllers=*", "--use-service-account-credentials=false",
         "--concurrent-gc-syncs=5", "--kube-api-qps=100", "--kube-api-burst=200", "--v=0",
     ], owned, procs)
+    if slot is not None:
+        _start("kube-scheduler", [
+            str(K8S_BIN / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--v=0",
+        ], owned, procs)
+        _start_node(slot, server, owned, procs)
+        phases.mark("node processes")
 
-    bootstrap = f"127.0.0.1:{kafka_port}"
+    bootstrap = f"{host}:{kafka_port}"
+    dsn = f"postgresql://postgres@{host}:{pg_port}/postgres"
     _wait("kafka", lambda: _kafka_ready(bootstrap), 120, procs)
-    _wait("postgresql", lambda: _postgres_ready(pg_port), 60, procs)
+    _wait("postgresql", lambda: _postgres_ready(dsn), 60, procs)
+    phases.mark("kafka+postgres")
+    if slot is not None:
+        _wait(f"node {node.NODE_NAME} Ready", lambda: _node_ready(server), 90, procs)
+        phases.mark("node ready")
     state: dict[str, object] = {
         "KUBECONFIG": str(kubeconfig),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "OUTBOX_DSN": f"postgresql://postgres@127.0.0.1:{pg_port}/postgres",
+        "OUTBOX_DSN": dsn,
         "KCG_STACK_DIR": str(STATE),
         "KCG_K8S_BIN": str(K8S_BIN),
         "KCG_HELM_BIN": str(HELM_BIN),
+        "KCG_NODE_IP": host,
+        "KCG_NODE": slot is not None,
+        "KCG_NODE_SLOT": slot.index if slot else -1,
+        "KCG_IMAGES": json.loads((STATE / "images.json").read_text()) if slot else {},
         "owned": owned,
     }
     (STATE / "state.json").write_text(json.dumps(state, indent=2))
     (STATE / "env.sh").write_text(env_lines(state))
-    print(f"kcg-stack: up in {time.monotonic() - t0:.1f}s ({STATE})", file=sys.stderr)
+    print(f"kcg-stack: up in {phases.summary()} ({STATE})", file=sys.stderr)
     return state
 
 
-def _start_kafka(port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> None:
+def _start_node(slot: node.Slot, server: str, owned: bool, procs: list[Proc]) -> None:
+    """containerd (with the stack's images), then kubelet and kube-proxy."""
+    pki = STATE / "pki"
+    kubeconfigs = {
+        "kubelet": _write_kubeconfig(server, "kubelet-client", "kubelet.kubeconfig"),
+        "kube-proxy": _write_kubeconfig(server, "kube-proxy", "kube-proxy.kubeconfig"),
+    }
+    ports = {name: free_port() for name in
+             ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics")}
+    built = build_images()
+    configs = node.write_configs(slot, STATE, pki, kubeconfigs, built["pause"].ref,
+                                 CONTAINERD_ROOT / str(slot.index), ports)
+    node.prepare_cgroups(slot)
+    node.share_mount(slot.kubelet_dir)
+    _start("containerd", node.containerd_cmd(configs["containerd"]), owned, procs)
+    _wait("containerd", lambda: subprocess.run(
+        node.ctr(slot, "version"), capture_output=True).returncode == 0, 30, procs)
+    present = node.node_images(slot)
+    for kind, image in built.items():
+        if image.ref not in present:
+            node.import_image(slot, image.archive)
+        if kind in images.ALIASES:
+            node.tag_image(slot, image.ref, images.ALIASES[kind])
+    (STATE / "images.json").write_text(json.dumps({k: v.ref for k, v in built.items()}))
+    _start("kubelet", [
+        str(K8S_BIN / "kubelet"), f"--config={configs['kubelet']}",
+        f"--kubeconfig={kubeconfigs['kubelet']}", f"--root-dir={slot.kubelet_dir}",
+        f"--hostname-override={node.NODE_NAME}", f"--node-ip={slot.node_ip}", "--v=1",
+    ], owned, procs)
+    if slot.index == 0:  # kube-proxy's nftables table is machine-wide: one owner (node.py)
+        _start("kube-proxy", [str(K8S_BIN / "kube-proxy"), f"--config={configs['kube-proxy']}",
+                              "--v=1"], owned, procs)
+
+
+def _start_kafka(host: str, port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> None:
     kdir = _mkdir(STATE / "kafka")
     props = kdir / "server.properties"
     props.write_text(
@@ -449,8 +588,8 @@ def _start_kafka(port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> No
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{ctl_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{ctl_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -489,9 +628,9 @@ def _start_kafka(port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> No
     java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}",
             "-cp", f"{KAFKA_LIBS}/*"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={kafka_cluster_id()}",
+         "-c", str(props)],
         capture_output=True, text=True,
     )
     if fmt.returncode != 0:
@@ -499,7 +638,19 @@ def _start_kafka(port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> No
     _start("kafka", [*java, "kafka.Kafka", str(props)], owned, procs)
 
 
-def _start_postgres(port: int, owned: bool, procs: list[Proc]) -> None:
+def kafka_cluster_id(raw: bytes | None = None) -> str:
+    """A KRaft cluster id as Kafka makes them: URL-safe base64 of 16 random bytes.
+
+    Kafka's own Uuid.randomUuid() redraws ids whose text starts with '-' (one in 64),
+    because tools take them for options; the caller also passes `--cluster-id=ID`."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(raw or uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+        raw = None
+
+
+def _start_postgres(host: str, port: int, owned: bool, procs: list[Proc]) -> None:
     bindir = postgres_bindir()
     # initdb and postgres refuse to run as root: run them as an unprivileged user on a
     # data directory that user owns, outside paths it may not be allowed to traverse.
@@ -518,9 +669,12 @@ def _start_postgres(port: int, owned: bool, procs: list[Proc]) -> None:
     )
     if init.returncode != 0:
         raise StackError(f"initdb failed: {init.stderr.strip()}")
+    # initdb trusts loopback only; pods connect from the node's pod range (198.18.0.0/15).
+    with (data / "pg_hba.conf").open("a") as hba:
+        hba.write("host all all 198.18.0.0/15 trust\n")
     _start("postgres", [
         str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
-        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+        "-c", f"listen_addresses={host}", "-c", "fsync=off", "-c", "full_page_writes=off",
         "-c", "max_connections=200", "-c", "shared_buffers=256MB",
     ], owned, procs, as_user=as_user, cwd=pgroot)
 
@@ -539,6 +693,12 @@ def down(quiet: bool = False) -> None:
         if _alive(p.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
+    slot_file = STATE / "slot"
+    if slot_file.exists():
+        removed = node.teardown(node.Slot(int(slot_file.read_text())))
+        if not quiet and removed:
+            print(f"kcg-stack: node: removed {len(removed)} objects "
+                  f"({', '.join(sorted({r.split()[0] for r in removed}))})", file=sys.stderr)
     pgroot_file = STATE / "pgroot"
     if pgroot_file.exists():
         shutil.rmtree(pgroot_file.read_text().strip(), ignore_errors=True)
@@ -616,8 +776,8 @@ def restart(name: str, sig: int | None = None, pause: float = 0.0,
         bootstrap = str(state["KAFKA_BOOTSTRAP_SERVERS"])
         _wait("kafka", lambda: _kafka_ready(bootstrap), timeout, [procs[index]])
     elif name == "postgres":
-        port = int(str(state["OUTBOX_DSN"]).rsplit(":", 1)[1].split("/")[0])
-        _wait("postgresql", lambda: _postgres_ready(port), timeout, [procs[index]])
+        dsn = str(state["OUTBOX_DSN"])
+        _wait("postgresql", lambda: _postgres_ready(dsn), timeout, [procs[index]])
 
 
 def env_lines(state: dict[str, object]) -> str:
@@ -627,9 +787,23 @@ def env_lines(state: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _report_leftovers() -> int:
+    """Nonzero when a node without a running stack left anything behind (CI runs this
+    after the suite: every `down` must have removed all it made)."""
+    found = [(index, what) for index in range(node.SLOTS)
+             if not node.slot_in_use(node.Slot(index))
+             for what in node.leftovers(node.Slot(index))]
+    for index, what in found:
+        print(f"kcg-stack: leftover of node slot {index}: {what}", file=sys.stderr)
+    if not found:
+        print("kcg-stack: no node leftovers", file=sys.stderr)
+    return 1 if found else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localstack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["setup", "up", "down", "env", "status"])
+    parser.add_argument("command",
+                        choices=["setup", "up", "down", "env", "status", "leftovers"])
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
@@ -639,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print((STATE / "env.sh").read_text(), end="")
         elif args.command == "down":
             down()
+        elif args.command == "leftovers":
+            return _report_leftovers()
         elif args.command in ("env", "status"):
             state = read_state()
             if state is None:

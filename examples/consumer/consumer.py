@@ -1,6 +1,6 @@
 """Example consumer app for a KafkaConsumerGroup (confluent-kafka).
 
-It uses what kcg-operator injects into the container:
+It uses what kcg-operator injects into the container (read by kcg_client.py, beside it):
 
 - KCG_CONSUMER_PROPERTIES: the client properties file (group.id, bootstrap.servers,
   cooperative-sticky, enable.auto.commit=false, enable.auto.offset.store=false, ...);
@@ -23,66 +23,42 @@ On SIGTERM (pod stop, scale-down, rolling update) it finishes the message in han
 commits, and leaves the group with close(), so the cooperative rebalance moves only this
 pod's partitions.
 
-    python consumer.py [--rate N] [--dedup-file PATH] [--max-messages N] [--verbose]
+With --stats, a JSON line per second (`stats {...}`: messages delivered so far, partitions
+owned, partitions revoked so far) lets a benchmark see when each consumer processed nothing
+(benchmarks/bench_rebalance.py).
+
+    python consumer.py [--rate N] [--dedup-file PATH] [--max-messages N] [--stats] [--verbose]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+# Beside this file (in the image: /app); Python puts the script's directory on sys.path.
+from kcg_client import (
+    RETRIABLE_COMMIT_ERRORS,
+    ConfigError,
+    StopFlag,
+    client_config,
+    commit,
+    paced,
+    topics,
+)
 
 log = logging.getLogger("consumer")
 
 COMMIT_INTERVAL_SECONDS = 1.0
 DEDUP_CAPACITY = 100_000
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """A Java-style properties file: key=value lines, # and ! comments."""
-    properties: dict[str, str] = {}
-    # Split on newlines only: str.splitlines() also splits on form feeds and the like.
-    for raw in path.read_text().split("\n"):
-        line = raw.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        key, _, value = line.partition("=")
-        properties[key.strip()] = value.strip().replace("\\\\", "\\")
-    return properties
-
-
-def read_auth_dir(directory: Path) -> dict[str, str]:
-    """Properties from a mounted Secret: the file name is the key, the content the value."""
-    return {
-        entry.name: entry.read_text().strip()
-        for entry in sorted(directory.iterdir())
-        # The kubelet's own entries (..data, ..2024_...) start with dots.
-        if not entry.name.startswith(".") and entry.is_file()
-    }
-
-
-def client_config() -> dict[str, str]:
-    path = os.environ.get("KCG_CONSUMER_PROPERTIES")
-    if not path:
-        sys.exit("KCG_CONSUMER_PROPERTIES is not set: run me from a KafkaConsumerGroup")
-    config = read_properties(Path(path))
-    auth_dir = os.environ.get("KCG_KAFKA_AUTH_DIR")
-    if auth_dir:
-        config.update(read_auth_dir(Path(auth_dir)))
-    pod = os.environ.get("KCG_POD_NAME")
-    if pod:
-        config.setdefault("client.id", pod)
-    return config
 
 
 class DedupSet:
@@ -125,18 +101,6 @@ def idempotency_key(msg: Message) -> str:
     return f"o:{msg.topic()}:{msg.partition()}:{msg.offset()}"
 
 
-def paced(rate: float | None) -> Iterator[None]:
-    """Yields at most `rate` times per second (no limit when rate is None)."""
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if next_at > now:
-            time.sleep(next_at - now)
-        next_at = max(next_at + interval, time.monotonic() - 1.0)  # no burst after a pause
-        yield
-
-
 def process(msg: Message, verbose: bool) -> None:
     """The business logic; here it only reports the message."""
     if verbose:
@@ -145,65 +109,43 @@ def process(msg: Message, verbose: bool) -> None:
         )
 
 
-# A commit that loses a race with a rebalance is not an error for an at-least-once app: the
-# stored offsets are committed by the next commit (or on revocation), and whatever the new
-# owner re-reads is dropped by the idempotency key.
-RETRIABLE_COMMIT_ERRORS = frozenset({
-    KafkaError._NO_OFFSET,  # nothing stored since the last commit
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError._STATE,  # no assignment at the moment
-})
-
-
-def commit(consumer: Consumer) -> None:
-    try:
-        consumer.commit(asynchronous=False)
-    except KafkaException as exc:
-        code = exc.args[0].code()
-        if code not in RETRIABLE_COMMIT_ERRORS:
-            raise
-        if code != KafkaError._NO_OFFSET:
-            log.info("commit deferred: %s", exc.args[0].str())
-
-
 def run(args: argparse.Namespace) -> int:
-    config = client_config()
-    topics = [t for t in os.environ.get("KAFKA_TOPICS", "").split(",") if t]
-    if not topics:
-        sys.exit("KAFKA_TOPICS is empty")
+    config = client_config(os.environ)
+    subscribed = topics(os.environ)
     semantics = os.environ.get("KCG_DELIVERY_SEMANTICS", "atLeastOnce")
     if semantics == "exactlyOnce":
         log.warning("this example does not produce; it processes exactlyOnce groups at least once")
     commit_first = semantics == "atMostOnce"
 
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopFlag().install()
 
     consumer = Consumer(config)
+    owned: set[tuple[str, int]] = set()
+    revoked = 0
 
     def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
         # Cooperative rebalance: only these partitions leave; commit what we finished.
+        nonlocal revoked
         log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
         commit(c)
+        revoked += len(partitions)
+        owned.difference_update((p.topic, p.partition) for p in partitions)
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        owned.update((p.topic, p.partition) for p in partitions)
 
-    consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+    def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %s", [(p.topic, p.partition) for p in partitions])
+        owned.difference_update((p.topic, p.partition) for p in partitions)
+
+    consumer.subscribe(subscribed, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     dedup = DedupSet(DEDUP_CAPACITY, args.dedup_file)
     processed = duplicates = 0
-    last_commit = last_report = time.monotonic()
+    last_commit = last_report = last_stats = time.monotonic()
     pace = paced(args.rate)
     try:
-        while not stopping and (args.max_messages is None or processed < args.max_messages):
+        while not stop.stopping and (args.max_messages is None or processed < args.max_messages):
             next(pace)
             msg: Any = consumer.poll(0.5)
             if msg is not None and msg.error() is not None:
@@ -229,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
             if not commit_first and now - last_commit >= COMMIT_INTERVAL_SECONDS:
                 commit(consumer)
                 last_commit = now
+            if args.stats and now - last_stats >= 1.0:
+                log.info("stats %s", json.dumps({
+                    "t": round(time.time(), 3), "delivered": processed + duplicates,
+                    "owned": len(owned), "revoked": revoked}))
+                last_stats = now
             if now - last_report >= 5.0:
                 log.info("processed=%d duplicates=%d", processed, duplicates)
                 last_report = now
@@ -238,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
         consumer.close()  # leave the group now rather than after session.timeout.ms
         dedup.close()
         log.info("stopped: processed=%d duplicates=%d", processed, duplicates)
+        if args.stats:
+            log.info("stats %s", json.dumps({
+                "t": round(time.time(), 3), "delivered": processed + duplicates,
+                "owned": 0, "revoked": revoked, "final": True}))
     return 0
 
 
@@ -246,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="max messages per second")
     parser.add_argument("--dedup-file", type=Path, default=None, help="persist dedup keys here")
     parser.add_argument("--max-messages", type=int, default=None, help="stop after N messages")
+    parser.add_argument("--stats", action="store_true", help="a JSON stats line per second")
     parser.add_argument("--verbose", action="store_true", help="log every message")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run(args)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        sys.exit(f"consumer: {exc}")
 
 
 if __name__ == "__main__":

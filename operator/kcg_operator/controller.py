@@ -2,7 +2,8 @@
 
 One thread. Each pass takes the groups whose poll is due (or that changed), sweeps each
 Kafka cluster once for all of them (kcg_operator.scaling.collector), then per group:
-health and time lag (pure), the scaling decision (pure), the replica patch, Events on
+health and time lag (pure), the scaling decision (pure), the replica patch, one LIST of
+the group's pods and their verdict (kcg_operator.workload.pod_health, pure), Events on
 transitions, and the status when (and only when) it changed. It is the only writer of
 status, so conditions never race.
 """
@@ -18,6 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
 from kcg_operator import metrics
 from kcg_operator.api.models import KafkaConsumerGroup, RebalanceProtocol
 from kcg_operator.conditions import condition, now_rfc3339
@@ -28,6 +32,7 @@ from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapsh
 from kcg_operator.scaling.health import CommitWindow
 from kcg_operator.scaling.policy import Decision, Observation, PartitionKey, decide
 from kcg_operator.scaling.timelag import OffsetTimeTable
+from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS, PodHealth, judge_pods
 from kcg_operator.workload.render import deployment_name
 
 log = logging.getLogger(__name__)
@@ -71,8 +76,8 @@ def rebalance_condition(
 def outbox_condition(replicas: tuple[int, int] | None, generation: int | None,
                      previous: list[dict[str, Any]] | None) -> dict[str, Any]:
     """OutboxReady from the Deployment's ready pods: the relay sidecar's readiness probe
-    (connected to PostgreSQL and Kafka) gates each pod's readiness, so this needs no
-    rights on Pods."""
+    (connected to PostgreSQL and Kafka) gates each pod's readiness, so the Deployment's
+    ready count is enough here; PodsHealthy says why a pod is not ready."""
     if replicas is None:
         return condition("OutboxReady", None, "NoDeployment",
                          "the consumer Deployment is not there yet", generation, previous)
@@ -90,6 +95,44 @@ def outbox_condition(replicas: tuple[int, int] | None, generation: int | None,
                      generation, previous)
 
 
+def pods_condition(verdict: PodHealth | None, error: str | None,
+                   replicas: tuple[int, int] | None, generation: int | None,
+                   previous: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """PodsHealthy: False with the pod's own reason (ImagePullBackOff, CrashLoopBackOff,
+    ...) when a pod does not run; see kcg_operator.workload.pod_health for the rules."""
+    if error is not None:
+        return condition("PodsHealthy", None, "PodListFailed",
+                         f"could not list the consumer pods: {error}", generation, previous)
+    if replicas is None or verdict is None:
+        return condition("PodsHealthy", None, "NoDeployment",
+                         "the consumer Deployment is not there yet", generation, previous)
+    if not verdict.healthy:
+        return condition("PodsHealthy", False, verdict.reason, verdict.message, generation,
+                         previous)
+    wanted = replicas[0]
+    if verdict.total == 0 and wanted == 0:
+        return condition("PodsHealthy", True, "ScaledToZero", "no replicas, so no pods",
+                         generation, previous)
+    if verdict.total == 0:
+        # No pod to judge: the ReplicaSet could not create one (a quota, an admission
+        # policy) or has not yet. Its events say which; the pods cannot.
+        return condition("PodsHealthy", None, "NoPods",
+                         f"the Deployment wants {wanted} pods and none exists yet; "
+                         "`kubectl describe replicaset` shows why", generation, previous)
+    return condition("PodsHealthy", True, verdict.reason, verdict.message, generation, previous)
+
+
+def pods_event(was_unhealthy: bool, verdict: PodHealth) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a change of verdict, None when it holds.
+    Only healthy <-> unhealthy counts: the kubelet itself alternates ErrImagePull and
+    ImagePullBackOff (or Error and CrashLoopBackOff) every few seconds."""
+    if not verdict.healthy and not was_unhealthy:
+        return "Warning", "PodsUnhealthy", verdict.message
+    if verdict.healthy and was_unhealthy:
+        return "Normal", "PodsRecovered", f"the consumer pods recovered: {verdict.message}"
+    return None
+
+
 @dataclass(frozen=True)
 class Observed:
     """What one sweep found for one group, as the status shows it."""
@@ -100,14 +143,18 @@ class Observed:
     lag_seconds: dict[PartitionKey, float] = field(default_factory=dict)
     decision: Decision | None = None
     current: int | None = None  # the Deployment's replicas after this sweep
+    pods: PodHealth | None = None  # None: not listed (no Deployment) or the LIST failed
+    pods_error: str | None = None
 
 
 class Controller:
     def __init__(self, kube: Kube, registry: Registry, check_interval_s: float = 15.0,
-                 collector: LagCollector | None = None) -> None:
+                 collector: LagCollector | None = None,
+                 pod_ready_grace_s: float = DEFAULT_READY_GRACE_SECONDS) -> None:
         self.kube = kube
         self.registry = registry
         self.check_interval_s = check_interval_s
+        self.pod_ready_grace_s = pod_ready_grace_s
         self.collector = collector or LagCollector()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kcg-sweep")
         self.last_pass = time.monotonic()  # for the liveness probe
@@ -206,7 +253,33 @@ class Controller:
                 self._scale(key, entry, kcg, current, decision)
                 current = decision.desired
         self._transition_events(entry, kcg, snap)
-        self.write_status(key, entry, replace(observed, decision=decision, current=current))
+        pods, pods_error = self._observe_pods(key, entry)
+        self.write_status(key, entry, replace(observed, decision=decision, current=current,
+                                              pods=pods, pods_error=pods_error))
+
+    def _observe_pods(self, key: Key, entry: Entry) -> tuple[PodHealth | None, str | None]:
+        """One LIST of the group's pods by the Deployment's selector, the verdict on them,
+        and an Event when it turns unhealthy or recovers."""
+        rec = entry.reconciled
+        if entry.replicas is None or rec is None or not rec.selector:
+            return None, None  # no Deployment, so no pods to ask about
+        try:
+            pods = self.kube.list_pods(key[0], rec.selector)
+        except (ApiException, HTTPError, OSError) as exc:
+            # The rest of the status still holds; say it in PodsHealthy, log it once.
+            error = (f"{exc.status} {exc.reason}" if isinstance(exc, ApiException)
+                     else f"{type(exc).__name__}: {exc}")
+            if entry.last_events.get("pods-list") != error:
+                log.warning("%s/%s: listing pods (%s) failed: %s", *key, rec.selector, error)
+            entry.last_events["pods-list"] = error
+            return None, error
+        entry.last_events["pods-list"] = ""
+        verdict = judge_pods(pods, time.time(), self.pod_ready_grace_s)
+        event = pods_event(bool(entry.last_events.get("pods")), verdict)
+        if event is not None:
+            self.kube.event(entry.body, *event)
+        entry.last_events["pods"] = "" if verdict.healthy else verdict.reason
+        return verdict, None
 
     def _observe_partitions(
         self, entry: Entry, snap: GroupSnapshot
@@ -295,6 +368,8 @@ class Controller:
                                             else None, rec.reason, rec.message, generation,
                                             previous))
                 status["observedGeneration"] = rec.generation
+                if not rec.ok and rec.generation == generation:
+                    status["health"] = rec.reason  # e.g. InvalidSpec in the STATUS column
             status["conditions"] = conditions
             return status
 
@@ -312,9 +387,15 @@ class Controller:
             ready = condition("Ready", False, "TopicNotFound",
                               f"topics {', '.join(snap.missing_topics)} do not exist: create "
                               "them or fix spec.topics", generation, previous)
+        elif observed.pods is not None and not observed.pods.healthy:
+            # The workload is applied but does not run: Ready says so with the pod's reason.
+            ready = condition("Ready", False, observed.pods.reason, observed.pods.message,
+                              generation, previous)
         else:
             ready = condition("Ready", True, rec.reason, rec.message, generation, previous)
         conditions.append(ready)
+        conditions.append(pods_condition(observed.pods, observed.pods_error, entry.replicas,
+                                         generation, previous))
         conditions.append(rebalance_condition(kcg, snap, previous))
         if snap.broker_ok:
             group = health.group_status(statuses.values()) if statuses else "OK"
@@ -322,6 +403,7 @@ class Controller:
             max_seconds = round(max(lag_seconds.values(), default=0.0), 1)
             status.update(partitions=snap.partitions, totalLag=total, lagStatus=group,
                           maxTimeLagSeconds=max_seconds)
+            status["health"] = group
             bad = sorted(f"{t}[{p}]={s}" for (t, p), s in statuses.items() if s != "OK")
             conditions.append(condition(
                 "LagHealthy", group == "OK", "LagOK" if group == "OK" else f"Lag{group.title()}",
@@ -370,6 +452,10 @@ class Controller:
             conditions.append(outbox_condition(entry.replicas, generation, previous))
         if entry.last_scale_time:
             status["lastScaleTime"] = entry.last_scale_time
+        if ready["status"] != "True":
+            # The STATUS column names the first problem rather than a lag verdict that
+            # says OK while no consumer runs.
+            status["health"] = ready["reason"]
         status["conditions"] = conditions
         return status
 

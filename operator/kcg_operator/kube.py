@@ -1,4 +1,4 @@
-"""Kubernetes I/O for the operator: server-side apply, status, Secrets and Events.
+"""Kubernetes I/O for the operator: server-side apply, status, Secrets, Pods and Events.
 
 Everything here is a thin call; what to write is decided elsewhere.
 """
@@ -6,6 +6,7 @@ Everything here is a thin call; what to write is decided elsewhere.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -74,6 +75,19 @@ class Kube:
             raise
         ready = dep.status.ready_replicas if dep.status else 0
         return int(dep.spec.replicas or 0) if dep.spec else 0, int(ready or 0)
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The pods a label selector matches, as the API's JSON (camelCase dicts): one LIST,
+        filtered by the apiserver. Raw JSON because building the client's model objects
+        for every pod, every check, would cost more than the call itself."""
+        core: Any = self.core  # with _preload_content=False it returns the raw response
+        response = core.list_namespaced_pod(namespace, label_selector=label_selector,
+                                            _preload_content=False, _request_timeout=TIMEOUT)
+        try:
+            items = json.loads(response.data).get("items") or []
+        finally:
+            response.release_conn()
+        return [item for item in items if isinstance(item, dict)]
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self._wrote()

@@ -77,10 +77,14 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
     from kcg_operator.controller import Controller
+    from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS
 
     interval = float(os.environ.get("KCG_CHECK_INTERVAL_SECONDS", "15"))
+    # How long a pod may stay Pending or not Ready before PodsHealthy says so.
+    grace = float(os.environ.get("KCG_POD_READY_GRACE_SECONDS", DEFAULT_READY_GRACE_SECONDS))
     global _controller
-    controller = _controller = Controller(kube(), REGISTRY, check_interval_s=interval)
+    controller = _controller = Controller(kube(), REGISTRY, check_interval_s=interval,
+                                          pod_ready_grace_s=grace)
     _stop.clear()
     _thread = threading.Thread(target=controller.run, args=(_stop,), name="kcg-controller",
                                daemon=True)

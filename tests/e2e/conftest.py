@@ -8,6 +8,7 @@ already installed by the Helm chart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,9 +37,10 @@ EXTERNAL = os.environ.get("KCG_E2E_EXTERNAL_CLUSTER") == "1"
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> dict[str, str]:
-    """KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS of the cluster under test, and SPEC_BOOTSTRAP:
+    """KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS of the cluster under test, SPEC_BOOTSTRAP:
     the broker address to write into KafkaConsumerGroups, as the operator and pods reach it
-    (on kind: KCG_E2E_KAFKA_BOOTSTRAP_IN_CLUSTER; on the local stack: the same address)."""
+    (on kind: KCG_E2E_KAFKA_BOOTSTRAP_IN_CLUSTER; on the local stack: the same address),
+    and OPERATOR_IMAGE / EXAMPLES_IMAGE when the cluster can run pods of them."""
     if EXTERNAL:
         missing = [k for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS") if not os.environ.get(k)]
         if missing:
@@ -49,7 +51,25 @@ def cluster(request: pytest.FixtureRequest) -> dict[str, str]:
         out = {k: str(stack[k]) for k in ("KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS")}
     out["SPEC_BOOTSTRAP"] = os.environ.get("KCG_E2E_KAFKA_BOOTSTRAP_IN_CLUSTER",
                                            out["KAFKA_BOOTSTRAP_SERVERS"])
+    # Images the cluster runs without pulling: the stack's node has them loaded; on kind,
+    # `kind load` them and name them here.
+    images = {} if EXTERNAL else dict(request.getfixturevalue("stack").get("KCG_IMAGES") or {})
+    for key, env in (("OPERATOR_IMAGE", "KCG_E2E_OPERATOR_IMAGE"),
+                     ("EXAMPLES_IMAGE", "KCG_E2E_EXAMPLES_IMAGE")):
+        value = os.environ.get(env) or images.get(key.split("_")[0].lower(), "")
+        if value:
+            out[key] = value
     return out
+
+
+@pytest.fixture(scope="session")
+def examples_image(cluster: dict[str, str]) -> str:
+    """The example consumer apps' image (examples/Dockerfile), present on the node."""
+    image = cluster.get("EXAMPLES_IMAGE")
+    if not image:
+        pytest.fail("no example image: the local stack builds one (make up); on another "
+                    "cluster load one and set KCG_E2E_EXAMPLES_IMAGE")
+    return image
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +126,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Operator:
-    """`kcg run` as a child process, with its log kept for assertions and failures."""
+class RunningOperator:
+    """The operator under test, wherever it runs: its metrics and its log."""
+
+    def metrics(self) -> str:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+
+class Operator(RunningOperator):
+    """`kcg run` as a child process, with its log kept for assertions and failures (used
+    where the operator must hold other credentials than the chart's, and on a stack
+    without a node)."""
 
     def __init__(self, kubeconfig: str, args: list[str], log: Path,
                  env: dict[str, str] | None = None) -> None:
@@ -131,6 +163,9 @@ class Operator:
                                     timeout=5) as r:
             return str(r.read().decode())
 
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -141,11 +176,105 @@ class Operator:
         self._out.close()
 
 
+class OperatorPod(RunningOperator):
+    """The operator as users run it: a pod of the Helm chart, under its ServiceAccount.
+
+    Metrics are read through the apiserver's proxy to its metrics Service, which works on
+    any cluster; tests on the local node also read them straight from the ClusterIP."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, release: str) -> None:
+        self.api, self.namespace, self.release = api, namespace, release
+        self.selector = f"app.kubernetes.io/instance={release}"
+
+    def pods(self) -> list[client.V1Pod]:
+        items = client.CoreV1Api(self.api).list_namespaced_pod(
+            self.namespace, label_selector=self.selector).items
+        return [p for p in items if p.metadata.deletion_timestamp is None]
+
+    def pod(self) -> client.V1Pod:
+        pods = self.pods()
+        assert len(pods) == 1, [p.metadata.name for p in pods]
+        return pods[0]
+
+    def service(self) -> client.V1Service:
+        services = client.CoreV1Api(self.api).list_namespaced_service(
+            self.namespace, label_selector=self.selector).items
+        assert len(services) == 1, [s.metadata.name for s in services]
+        return services[0]
+
+    def metrics(self) -> str:
+        name = self.service().metadata.name
+        out = client.CoreV1Api(self.api).connect_get_namespaced_service_proxy_with_path(
+            f"http:{name}:metrics", self.namespace, "metrics", _preload_content=False)
+        return str(out.data.decode())
+
+    def log_text(self) -> str:
+        return str(client.CoreV1Api(self.api).read_namespaced_pod_log(
+            self.pod().metadata.name, self.namespace, container="operator"))
+
+    def wait_ready(self, timeout: float = 120) -> client.V1Pod:
+        def ready() -> client.V1Pod | None:
+            pods = self.pods()
+            if len(pods) != 1 or not pods[0].status.container_statuses:
+                return None
+            ok = all(c.ready for c in pods[0].status.container_statuses)
+            return pods[0] if ok else None
+
+        pod: client.V1Pod = eventually(ready, timeout=timeout, what="the operator pod Ready")
+        eventually(lambda: "kcg_" in self.metrics(), timeout=60, what="operator metrics")
+        return pod
+
+
+def helm_binary() -> str:
+    import localstack
+
+    pinned = localstack.HELM_BIN / "helm"
+    return str(pinned) if pinned.exists() else "helm"
+
+
+def install_operator(kubeconfig: str, namespace: str, release: str, image: str,
+                     extra: list[str] | None = None) -> None:
+    """`helm install` of charts/kcg-operator with a locally built image (never pulled)."""
+    repository, tag = image.rsplit(":", 1)
+    subprocess.run(
+        [helm_binary(), "install", release, str(REPO / "charts" / "kcg-operator"),
+         "--namespace", namespace, "--create-namespace", "--wait=false",
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+         "--set", "image.pullPolicy=Never", "--set", "logFormat=plain",
+         # The suite's groups poll every 1-2 s; production keeps the default.
+         "--set", "extraEnv[0].name=KCG_CHECK_INTERVAL_SECONDS",
+         "--set-string", "extraEnv[0].value=2", *(extra or [])],
+        check=True, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "KUBECONFIG": kubeconfig})
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: dict[str, str], crds_installed: None,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator | None]:
+def operator(cluster: dict[str, str], crds_installed: None, kube_api: client.ApiClient,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+    """The operator under test: the chart's pod where the cluster can run one (the local
+    node, kind), the one already installed (KCG_E2E_OPERATOR_RUNNING=1), else a process."""
     if os.environ.get("KCG_E2E_OPERATOR_RUNNING") == "1":
-        yield None
+        pod = OperatorPod(kube_api, os.environ.get("KCG_E2E_OPERATOR_NAMESPACE", "kcg-system"),
+                          os.environ.get("KCG_E2E_OPERATOR_RELEASE", "kcg"))
+        pod.wait_ready()
+        yield pod
+        return
+    image = cluster.get("OPERATOR_IMAGE")
+    if image:
+        namespace, release = f"kcg-e2e-{uuid.uuid4().hex[:6]}", "kcg"
+        install_operator(cluster["KUBECONFIG"], namespace, release, image)
+        pod = OperatorPod(kube_api, namespace, release)
+        try:
+            pod.wait_ready()
+            yield pod
+        finally:
+            with contextlib.suppress(Exception):
+                (tmp_path_factory.mktemp("operator") / "operator.log").write_text(
+                    pod.log_text())
+            subprocess.run([helm_binary(), "uninstall", release, "--namespace", namespace],
+                           capture_output=True, timeout=120,
+                           env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"]})
+            client.CoreV1Api(kube_api).delete_namespace(namespace)
         return
     op = Operator(cluster["KUBECONFIG"], ["--all-namespaces"],
                   tmp_path_factory.mktemp("operator") / "operator.log")

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, Operator
+from .conftest import REPO, OperatorPod, RunningOperator
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,14 @@ SUBSET = [
 
 
 def test_suite_runs_against_an_existing_cluster_from_kubeconfig(
-    operator: Operator | None, cluster: dict[str, str]
+    operator: RunningOperator, cluster: dict[str, str]
 ) -> None:
     if os.environ.get("KCG_E2E_EXTERNAL_CLUSTER") == "1":
         pytest.skip("already running against an external cluster")
+    assert isinstance(operator, OperatorPod), "the suite's operator is the chart's pod"
     env = {**os.environ, "KCG_E2E_EXTERNAL_CLUSTER": "1", "KCG_E2E_OPERATOR_RUNNING": "1",
+           "KCG_E2E_OPERATOR_NAMESPACE": operator.namespace,
+           "KCG_E2E_OPERATOR_RELEASE": operator.release,
            "KUBECONFIG": cluster["KUBECONFIG"],
            "KAFKA_BOOTSTRAP_SERVERS": cluster["KAFKA_BOOTSTRAP_SERVERS"],
            # The child must not bring up or tear down a stack of its own.

@@ -1,27 +1,25 @@
-"""Closed loop: real apiserver, Kafka and operator; consumers run as local processes that
-follow the Deployment's replicas (the stack has no kubelet)."""
+"""The closed loop on a real node: consumer pods of the example image join the group,
+a burst scales them up (never past the partitions), lag drains, they scale back down and
+leave the group cleanly; the operator pod deleted mid-scale comes back and resumes."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import ConsumerGroupState, Producer
+from confluent_kafka.admin import AdminClient
 from kubernetes import client
 
-from .conftest import REPO, Operator, eventually
+from .conftest import OperatorPod, RunningOperator, eventually
 
 pytestmark = pytest.mark.e2e
-sys.path.insert(0, str(REPO / "stack"))
-
-from podrunner import PodRunner  # noqa: E402
 
 PARTITIONS = 6
-RATE_PER_CONSUMER = 150  # messages/s each local consumer processes
+RATE_PER_CONSUMER = 150  # messages/s each consumer pod processes
 BURST = 9000
 
 
@@ -31,101 +29,132 @@ def _status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
     return dict(obj.get("status") or {})
 
 
-def test_burst_scales_up_to_the_partition_count_drains_and_scales_back(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
-    cluster: dict[str, str], ns: str, topic: Callable[..., str], tmp_path: Any,
-) -> None:
-    if operator is None:
-        pytest.skip("needs the operator started by the test (for its /metrics)")
-    name = "burst"
-    orders = topic(PARTITIONS)
-    body = {
+def _group(admin: AdminClient, group: str) -> Any:
+    return admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+
+
+def _running_pods(api: client.ApiClient, ns: str, name: str) -> list[client.V1Pod]:
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        ns, label_selector=f"kcg.dev/group={name}").items
+    return [p for p in pods
+            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+
+
+def consumer_group_body(name: str, topic: str, bootstrap: str, image: str,
+                        **scaling: Any) -> dict[str, Any]:
+    return {
         "apiVersion": "kcg.dev/v1alpha1", "kind": "KafkaConsumerGroup",
         "metadata": {"name": name},
         "spec": {
-            "topics": [orders],
-            "kafka": {"bootstrapServers": cluster["SPEC_BOOTSTRAP"]},
+            "topics": [topic],
+            "kafka": {"bootstrapServers": bootstrap},
             "consumerConfig": {"auto.offset.reset": "earliest"},
             "scaling": {"minReplicas": 1, "maxReplicas": 12, "lagPerReplica": 300,
-                        "pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 12},
-            "template": {"spec": {"containers": [{
-                "name": "consumer", "image": "example/consumer:local",
-                "command": ["python", "/app/consumer.py"],
-                "args": ["--rate", str(RATE_PER_CONSUMER)]}]}},
+                        "pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 12,
+                        **scaling},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 20,
+                "containers": [{
+                    "name": "consumer", "image": image, "imagePullPolicy": "Never",
+                    "command": ["python", "/app/consumer.py"],
+                    "args": ["--rate", str(RATE_PER_CONSUMER)]}]}},
         },
     }
-    kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def test_consumer_pods_scale_with_lag_within_the_partitions_and_leave_cleanly(
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    cluster: dict[str, str], examples_image: str, ns: str, topic: Callable[..., str],
+) -> None:
+    orders = topic(PARTITIONS)
+    name = f"burst-{orders[2:]}"  # the group id: unique on the shared broker
+    admin = AdminClient({"bootstrap.servers": cluster["KAFKA_BOOTSTRAP_SERVERS"]})
+    kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(
+        consumer_group_body(name, orders, cluster["SPEC_BOOTSTRAP"], examples_image)))
     apps = client.AppsV1Api(kube_api)
-    eventually(lambda: apps.read_namespaced_deployment(name, ns), what="the Deployment")
-    runner = PodRunner(kube_api, ns, name, {"/app": str(REPO / "examples" / "consumer")},
-                       log_dir=tmp_path).start()
-    try:
-        # Let the first consumer join and commit, so the backlog counts as lag.
-        eventually(lambda: _status(kube_api, ns, name).get("members"), timeout=60,
-                   what="the first consumer to join")
-        producer = Producer({"bootstrap.servers": cluster["KAFKA_BOOTSTRAP_SERVERS"],
-                             "linger.ms": 20})
-        for i in range(BURST):
-            producer.produce(orders, key=f"k{i % 97}", value=f"order-{i}")
-        assert producer.flush(30) == 0
+    group_id = name  # spec.groupId defaults to the object's name
 
-        seen_replicas: list[int] = []
-        last_status: dict[str, Any] = {}
+    # The first pod runs, joins the group with the assignor the operator enforces.
+    def one_member() -> Any:
+        desc = _group(admin, group_id)
+        return desc if len(desc.members) == 1 and desc.state == ConsumerGroupState.STABLE \
+            else None
 
-        def track(want: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
-            def check() -> bool:
-                replicas = int(apps.read_namespaced_deployment(name, ns).spec.replicas or 0)
-                seen_replicas.append(replicas)
-                status = _status(kube_api, ns, name)
-                last_status.clear()
-                last_status.update(status)
-                return want(status)
-            return check
+    desc = eventually(one_member, timeout=120, what="the first consumer pod to join")
+    assert desc.partition_assignor == "cooperative-sticky"
+    # The member is the pod (its address), which the kubelet reports Running soon after.
+    hosts = {m.host.lstrip("/") for m in desc.members}
+    eventually(lambda: hosts <= {p.status.pod_ip for p in _running_pods(kube_api, ns, name)},
+               timeout=30, what=f"the member {hosts} to be a Running pod of the group")
+    eventually(lambda: len(_status(kube_api, ns, name).get("members") or []) == 1,
+               timeout=30, what="status.members to list the one member")
 
-        try:
-            eventually(track(lambda s: s.get("desiredReplicas", 0) > 1), timeout=30,
-                       what="a scale-up")
-        except AssertionError:
-            raise AssertionError(f"no scale-up; status: {last_status}") from None
-        eventually(track(lambda s: s.get("totalLag") == 0 and s.get("lagStatus") == "OK"),
-                   timeout=120, what="the lag to drain")
-        eventually(track(lambda s: s.get("replicas") == 1), timeout=60,
-                   what="the scale-down to minReplicas after stabilization")
-        assert max(seen_replicas) <= PARTITIONS, seen_replicas
-        assert max(seen_replicas) > 1
-        assert all(r >= 1 for r in seen_replicas)
+    producer = Producer({"bootstrap.servers": cluster["KAFKA_BOOTSTRAP_SERVERS"],
+                         "linger.ms": 20})
+    for i in range(BURST):
+        producer.produce(orders, key=f"k{i % 97}", value=f"order-{i}")
+    assert producer.flush(30) == 0
 
-        status = _status(kube_api, ns, name)
-        assert status["partitions"] == PARTITIONS
-        assert status["desiredReplicas"] == 1
-        assert status.get("lastScaleTime")
-        scaling = next(c for c in status["conditions"] if c["type"] == "Scaling")
-        assert scaling["status"] == "True"
-        events = [e for e in client.CoreV1Api(kube_api).list_namespaced_event(ns).items
-                  if e.reason == "Scaled" and e.involved_object.name == name]
-        ups = [e for e in events if "→" in e.message and "scaled 1→" in e.message]
-        assert ups, [e.message for e in events]
-        assert any(f"cap {PARTITIONS} partitions" in e.message for e in events)
-        metrics = operator.metrics()
-        up_line = next(ln for ln in metrics.splitlines()
-                       if ln.startswith("kcg_scale_events_total") and f'name="{name}"' in ln
-                       and 'direction="up"' in ln)
-        assert float(up_line.rsplit(" ", 1)[1]) >= 1
-        down_line = next(ln for ln in metrics.splitlines()
-                         if ln.startswith("kcg_scale_events_total") and f'name="{name}"' in ln
-                         and 'direction="down"' in ln)
-        assert float(down_line.rsplit(" ", 1)[1]) >= 1
-        assert f'kcg_desired_replicas{{group="{name}",name="{name}",namespace="{ns}"}} 1.0' \
-            in metrics
-        assert f'kcg_consumergroup_group_sum_lag{{group="{name}",name="{name}",' \
-               f'namespace="{ns}"}} 0.0' in metrics
-    finally:
-        runner.stop()
-        time.sleep(0.5)
+    seen_replicas: list[int] = []
+    max_members = 0
+
+    def watch(want: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            nonlocal max_members
+            seen_replicas.append(int(apps.read_namespaced_deployment(name, ns).spec.replicas))
+            status = _status(kube_api, ns, name)
+            max_members = max(max_members, len(status.get("members") or []))
+            return want(status)
+        return check
+
+    eventually(watch(lambda s: s.get("desiredReplicas", 0) > 1), timeout=40, what="a scale-up")
+    if isinstance(operator, OperatorPod):
+        # Deleted mid-scale: its Deployment brings it back and it resumes without
+        # lowering the replicas while there is lag.
+        old = operator.pod().metadata.name
+        client.CoreV1Api(kube_api).delete_namespaced_pod(old, operator.namespace)
+        eventually(lambda: operator.pods() and operator.pod().metadata.name != old,
+                   timeout=60, what="a new operator pod")
+        at_restart = len(seen_replicas)
+        operator.wait_ready()
+    else:
+        at_restart = len(seen_replicas)
+    # New pods run and consume: more than one member of the group, on pod addresses.
+    eventually(watch(lambda s: len(_running_pods(kube_api, ns, name)) > 1
+                     and len(s.get("members") or []) > 1), timeout=120,
+               what="new consumer pods in the group")
+    assert client.AppsV1Api(kube_api).list_namespaced_replica_set(
+        ns, label_selector=f"kcg.dev/group={name}").items
+    eventually(watch(lambda s: s.get("totalLag") == 0 and s.get("lagStatus") == "OK"),
+               timeout=180, what="the lag to drain")
+    drained_at = len(seen_replicas)
+    eventually(watch(lambda s: s.get("replicas") == 1), timeout=90,
+               what="the scale-down to minReplicas after stabilization")
+    # Scaled-away pods close their consumers: the group shrinks to one member long
+    # before the 45 s session timeout would have evicted a pod that just vanished.
+    left = time.monotonic()
+    desc = eventually(one_member, timeout=30, what="the scaled-away pods to leave the group")
+    print(f"left the group {time.monotonic() - left:.1f}s after replicas=1; "
+          f"replicas seen {sorted(set(seen_replicas))}, max members {max_members}")
+    assert desc.partition_assignor == "cooperative-sticky"
+
+    assert max(seen_replicas) <= PARTITIONS, seen_replicas
+    assert max(seen_replicas) > 1 and max_members > 1
+    assert all(r >= 1 for r in seen_replicas)
+    during_lag = seen_replicas[at_restart:drained_at]
+    assert during_lag == sorted(during_lag), f"scaled down while lagging: {during_lag}"
+    status = _status(kube_api, ns, name)
+    assert status["partitions"] == PARTITIONS and status["desiredReplicas"] == 1
+    events = [e for e in client.CoreV1Api(kube_api).list_namespaced_event(ns).items
+              if e.reason == "Scaled" and e.involved_object.name == name]
+    assert any("scaled 1→" in e.message for e in events), [e.message for e in events]
+    metrics = operator.metrics()
+    assert f'kcg_desired_replicas{{group="{group_id}",name="{name}",namespace="{ns}"}} 1.0' \
+        in metrics
 
 
 def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     ns: str,
 ) -> None:
     name = "dark"

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from .conftest import Operator, eventually, example
+from .conftest import RunningOperator, eventually, example
 
 pytestmark = pytest.mark.e2e
 GVP = ("kcg.dev", "v1alpha1")
@@ -36,7 +36,7 @@ def _apply(kubectl: Callable[..., Any], ns: str, body: dict[str, Any]) -> None:
 
 
 def test_examples_are_accepted_and_kubectl_shows_real_values(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     orders = topic(6)
@@ -69,7 +69,7 @@ def test_examples_are_accepted_and_kubectl_shows_real_values(
 
 
 def test_deployment_configmap_owner_hash_and_garbage_collection(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
@@ -130,7 +130,7 @@ def test_deployment_configmap_owner_hash_and_garbage_collection(
 
 
 def test_kubectl_scale_sets_deployment_replicas_through_the_scale_subresource(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     body = example("minimal.yaml", topics=[topic(6)],
@@ -147,7 +147,7 @@ def test_kubectl_scale_sets_deployment_replicas_through_the_scale_subresource(
 
 
 def test_broken_objects_get_a_reason_and_do_not_stop_the_others(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     bootstrap = {"bootstrapServers": cluster["SPEC_BOOTSTRAP"]}
@@ -179,7 +179,7 @@ def test_broken_objects_get_a_reason_and_do_not_stop_the_others(
 @pytest.mark.parametrize("assignor,compliant", [("range", "False"),
                                                 ("cooperative-sticky", "True")])
 def test_rebalance_compliance_is_checked_on_the_broker(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str], assignor: str, compliant: str,
 ) -> None:
     name = f"grp-{assignor.split('-')[0]}"
@@ -209,7 +209,7 @@ def test_rebalance_compliance_is_checked_on_the_broker(
 
 
 def test_outbox_adds_the_relay_as_a_native_sidecar(
-    operator: Operator | None, kubectl: Callable[..., Any], kube_api: client.ApiClient,
+    operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], ns: str, topic: Callable[..., str],
 ) -> None:
     body = example("minimal.yaml", topics=[topic(2)],
@@ -232,6 +232,7 @@ def test_outbox_adds_the_relay_as_a_native_sidecar(
     assert relay.security_context.read_only_root_filesystem is True
     obj = eventually(lambda: (c := _condition(_kcg(kube_api, ns, "with-outbox"),
                                               "OutboxReady")) and c, what="OutboxReady")
-    # No kubelet in the local stack: no pod becomes ready, and the condition says so.
+    # The Secret orders-db does not exist here: the relay cannot start, and the condition
+    # says so (tests/e2e/test_outbox_pods.py runs it for real).
     assert obj["status"] in ("False", "Unknown")
     assert obj["reason"] in ("RelaysNotReady", "NoDeployment")

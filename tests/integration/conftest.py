@@ -119,7 +119,10 @@ def install_chart(
     def install(namespace: str, *, watch_namespaces: Sequence[str] = (),
                 values: Sequence[str] = (), token_seconds: int = 3600) -> ChartInstall:
         release = f"kcg-{uuid.uuid4().hex[:8]}"
-        args: list[str | Path] = ["install", release, CHART, "--namespace", namespace]
+        # No operator pod: these tests use the chart's objects and token; the e2e suite's
+        # operator is the one pod of the chart running on the node.
+        args: list[str | Path] = ["install", release, CHART, "--namespace", namespace,
+                                  "--set", "replicaCount=0"]
         if watch_namespaces:
             args += ["--set", "watchNamespaces={" + ",".join(watch_namespaces) + "}"]
         for value in values:

@@ -35,6 +35,7 @@ OPERATOR_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"],
      "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
@@ -282,6 +283,9 @@ def _can_run_the_operator_in(sa: client.ApiClient, kube: client.ApiClient, ns: s
     secret = _secret(kube, ns)
     assert core.read_namespaced_secret(secret, ns).data["sasl.password"]
 
+    # The controller's pod check: one LIST by the Deployment's label selector.
+    core.list_namespaced_pod(ns, label_selector=f"kcg.dev/group={name}")
+
     core.create_namespaced_event(ns, client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{name}."),
         involved_object=client.V1ObjectReference(
@@ -310,7 +314,9 @@ def _refused_what_the_operator_must_never_do(sa: client.ApiClient, install: Char
         ("list Secrets cluster-wide", lambda: core.list_secret_for_all_namespaces()),
         ("create a Secret", lambda: core.create_namespaced_secret(
             ns, client.V1Secret(metadata=client.V1ObjectMeta(name="nope")))),
-        ("list Pods", lambda: core.list_namespaced_pod(ns)),
+        ("watch Pods", lambda: core.list_namespaced_pod(ns, watch=True, timeout_seconds=1)),
+        ("get a Pod", lambda: core.read_namespaced_pod("nope", ns)),
+        ("delete Pods", lambda: core.delete_collection_namespaced_pod(ns)),
         ("read CRDs", lambda: ext.list_custom_resource_definition()),
         ("create a KafkaConsumerGroup", lambda: custom.create_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, {"apiVersion": f"{GROUP}/{VERSION}",
@@ -420,6 +426,8 @@ def test_namespaced_token_is_confined_to_the_watched_namespaces(
              lambda: core.create_namespaced_config_map("default", _config_map("kcg-nope"))),
             ("get a Secret outside",
              lambda: core.read_namespaced_secret(outside_secret, outside)),
+            ("list Pods outside", lambda: core.list_namespaced_pod(outside)),
+            ("list Pods in all namespaces", lambda: core.list_pod_for_all_namespaces()),
             ("post an Event outside", lambda: core.create_namespaced_event(
                 outside, client.CoreV1Event(
                     metadata=client.V1ObjectMeta(generate_name="x."),

@@ -1,5 +1,9 @@
 """The stack leaves no orphans: `down` stops everything, and a test run that dies takes its
-stack with it (even on SIGKILL, which runs no cleanup code)."""
+stack with it (even on SIGKILL, which runs no cleanup code). The node's containers, mounts,
+network namespaces, veths, bridge and cgroups go with `down` too.
+
+Each test starts a second stack beside the session's; the process tests run it without a
+node (KCG_STACK_NODE=0, five processes), the node test with one, in the next free slot."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ import pytest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "stack"))
+
+import node  # noqa: E402
 
 STARTER = """
 import sys, time
@@ -35,16 +42,17 @@ def _alive(pid: int) -> bool:
     return stat.exists() and not stat.read_text().split(") ")[-1].startswith("Z")
 
 
-def _start(tmp_path: Path, owned: bool) -> tuple[subprocess.Popen[str], list[int], Path]:
+def _start(tmp_path: Path, owned: bool,
+           with_node: bool = False) -> tuple[subprocess.Popen[str], list[int], Path]:
     state = tmp_path / "stack"
-    env = {**os.environ, "KCG_STACK_DIR": str(state)}
+    env = {**os.environ, "KCG_STACK_DIR": str(state), "KCG_STACK_NODE": "1" if with_node else "0"}
     proc = subprocess.Popen(
         [sys.executable, "-c", STARTER.format(stack_dir=str(REPO / "stack"), owned=owned)],
         env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "UP"
     pids = [p["pid"] for p in json.loads((state / "pids.json").read_text())]
-    assert len(pids) == 5 and all(_alive(p) for p in pids)
+    assert len(pids) == (8 if with_node else 5) and all(_alive(p) for p in pids)
     return proc, pids, state
 
 
@@ -70,10 +78,57 @@ def test_down_stops_every_process_and_removes_the_state(tmp_path: Path) -> None:
     proc.wait()
     time.sleep(1)
     assert all(_alive(p) for p in pids)
+    down = _down(state)
+    assert "stopped 5 processes" in down
+    assert _all_gone(pids, timeout=5)
+    assert not state.exists()
+
+
+def _down(state: Path) -> str:
     down = subprocess.run([sys.executable, str(REPO / "stack" / "localstack.py"), "down"],
                           env={**os.environ, "KCG_STACK_DIR": str(state)},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=90)
     assert down.returncode == 0, down.stderr
-    assert "stopped 5 processes" in down.stderr
+    return down.stderr
+
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: probe, namespace: default}}
+spec:
+  automountServiceAccountToken: false
+  securityContext: {{runAsNonRoot: true, runAsUser: 65535}}
+  containers:
+  - name: c
+    image: {image}
+    imagePullPolicy: Never
+    securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+"""
+
+
+def test_down_removes_everything_the_node_made(tmp_path: Path) -> None:
+    proc, pids, state = _start(tmp_path, owned=False, with_node=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    slot = node.Slot(int((state / "slot").read_text()))
+    settings = json.loads((state / "state.json").read_text())
+    kubectl = [str(Path(settings["KCG_K8S_BIN"]) / "kubectl"), "--kubeconfig",
+               settings["KUBECONFIG"]]
+    image = settings["KCG_IMAGES"]["pause"]
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=POD.format(image=image), text=True,
+                   check=True, capture_output=True)
+    # A running pod: a shim, a container, its sandbox, a netns with a veth on the bridge,
+    # overlay and emptyDir mounts, cgroups.
+    subprocess.run([*kubectl, "wait", "--for=condition=Ready", "pod/probe", "--timeout=90s"],
+                   check=True, capture_output=True)
+    made = node.leftovers(slot)
+    for kind in ("process", "mount", "netns", "veth", "bridge", "cgroup"):
+        assert any(m.startswith(kind) for m in made), (kind, made)
+    out = _down(state)
+    assert "stopped 8 processes" in out
     assert _all_gone(pids, timeout=5)
+    assert node.leftovers(slot) == []
     assert not state.exists()

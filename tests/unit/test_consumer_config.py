@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,10 +24,9 @@ from kcg_operator.workload.consumer_config import (
     enforced_properties,
     properties_text,
 )
+from tests.example_apps import load_example_app
 
 pytestmark = pytest.mark.unit
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def make_kcg(**spec: Any) -> KafkaConsumerGroup:
@@ -43,15 +40,6 @@ def make_kcg(**spec: Any) -> KafkaConsumerGroup:
         },
     }
     return parse_kafka_consumer_group(body)
-
-
-def load_example_consumer() -> ModuleType:
-    path = REPO / "examples" / "consumer" / "consumer.py"
-    spec = importlib.util.spec_from_file_location("example_consumer", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_classic_protocol_enforces_cooperative_sticky() -> None:
@@ -193,7 +181,7 @@ def test_enforced_keys_always_present_and_win(
 def test_properties_file_round_trips_through_the_example_app(props: dict[str, str]) -> None:
     text = properties_text(props, ("header", ""))
     path = _tmp_file(text)
-    assert load_example_consumer().read_properties(path) == props
+    assert load_example_app("kcg_client").read_properties(path) == props
 
 
 def _tmp_file(text: str) -> Path:

@@ -6,17 +6,20 @@ from typing import Any
 
 import pytest
 
-from kcg_operator.api.models import parse_kafka_consumer_group
+from kcg_operator.api.models import KafkaConsumerGroupStatus, parse_kafka_consumer_group
 from kcg_operator.conditions import condition
 from kcg_operator.controller import (
     Controller,
     Observed,
     outbox_condition,
+    pods_condition,
+    pods_event,
     rebalance_condition,
 )
 from kcg_operator.handlers.workload import initial_replicas
 from kcg_operator.registry import Entry, Reconciled, Registry
 from kcg_operator.scaling.collector import GroupSnapshot, Member
+from kcg_operator.workload.pod_health import PodHealth
 
 pytestmark = pytest.mark.unit
 
@@ -40,6 +43,12 @@ def _snap(**kw: Any) -> GroupSnapshot:
                                                (("orders", 0), ("orders", 1))),)}
     base.update(kw)
     return GroupSnapshot(**base)
+
+
+HEALTHY = PodHealth(True, "PodsReady", "1/1 pods ready", 1, 1)
+PULL = PodHealth(False, "ImagePullBackOff",
+                 'pod orders-7d9-abc container consumer: ImagePullBackOff: Back-off pulling '
+                 'image "x:y"; 0/1 pods ready', 0, 1, 1)
 
 
 def test_condition_keeps_transition_time_while_status_holds() -> None:
@@ -99,15 +108,16 @@ def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> Non
                                   "kcg.dev/group=orders")
     entry.replicas = (1, 1)
     ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
-    first = ctl.render_status(entry, Observed(_snap(), current=1))
+    first = ctl.render_status(entry, Observed(_snap(), current=1, pods=HEALTHY))
     entry.last_status = first
     entry.body = {**body, "status": first}
-    second = ctl.render_status(entry, Observed(_snap(time_s=200.0), current=1))
+    second = ctl.render_status(entry, Observed(_snap(time_s=200.0), current=1, pods=HEALTHY))
     assert first == second
     assert first["observedGeneration"] == 3 and first["totalLag"] == 0
     types = {c["type"]: c["status"] for c in first["conditions"]}
     assert types == {"Ready": "True", "RebalanceCompliant": "True", "LagHealthy": "True",
-                     "Scaling": "False"}
+                     "Scaling": "False", "PodsHealthy": "True"}
+    assert first["health"] == first["lagStatus"] == "OK"
     assert "sasl" not in str(first)
 
 
@@ -120,6 +130,7 @@ def test_invalid_spec_gets_ready_false_with_the_reason() -> None:
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert status["conditions"][0]["status"] == "False"
     assert status["observedGeneration"] == 3
+    assert status["health"] == "InvalidSpec"
 
 
 def test_a_rebalancing_group_is_not_judged_until_stable() -> None:
@@ -144,3 +155,151 @@ def test_objects_sharing_a_group_id_each_see_their_own_topics() -> None:
     mine = snap.for_topics(["orders", "gone"])
     assert mine.offsets == {("orders", 0): (10, 5)}
     assert mine.partitions == 1 and mine.missing_topics == ("gone",)
+
+
+# ----------------------------------------------------------------------------- pod health
+
+def _ready_entry(replicas: tuple[int, int] | None = (1, 0)) -> Entry:
+    body = _body()
+    entry = Entry(body, parse_kafka_consumer_group(body))
+    entry.reconciled = Reconciled(3, True, "Reconciled", "applied", "orders",
+                                  "kcg.dev/group=orders")
+    entry.replicas = replicas
+    return entry
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_unhealthy_pods_make_ready_false_and_name_the_reason_in_the_status_column() -> None:
+    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
+    status = ctl.render_status(_ready_entry(), Observed(_snap(), current=1, pods=PULL))
+    conds = _conditions(status)
+    assert (conds["PodsHealthy"]["status"], conds["PodsHealthy"]["reason"]) == (
+        "False", "ImagePullBackOff")
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "ImagePullBackOff")
+    assert conds["Ready"]["message"] == PULL.message
+    assert status["health"] == "ImagePullBackOff"
+    assert status["lagStatus"] == "OK"  # Burrow's verdict stays Burrow's
+    KafkaConsumerGroupStatus.model_validate(status)  # what the CRD's schema accepts
+
+
+def test_kafka_trouble_comes_first_in_ready_and_the_status_column() -> None:
+    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
+    snap = _snap(broker_ok=False, error="timed out", offsets={}, members=())
+    status = ctl.render_status(_ready_entry(), Observed(snap, current=1, pods=PULL))
+    conds = _conditions(status)
+    assert conds["Ready"]["reason"] == "KafkaUnreachable" and status["health"] == (
+        "KafkaUnreachable")
+    assert conds["PodsHealthy"]["reason"] == "ImagePullBackOff"  # still shown on its own
+
+
+@pytest.mark.parametrize("verdict,error,replicas,status,reason", [
+    (HEALTHY, None, (1, 1), "True", "PodsReady"),
+    (PULL, None, (1, 0), "False", "ImagePullBackOff"),
+    (None, "403 Forbidden", (1, 0), "Unknown", "PodListFailed"),
+    (None, None, None, "Unknown", "NoDeployment"),
+    (PodHealth(True, "NoPods", "no pods", 0, 0), None, (0, 0), "True", "ScaledToZero"),
+    (PodHealth(True, "NoPods", "no pods", 0, 0), None, (2, 0), "Unknown", "NoPods"),
+])
+def test_pods_condition_cases(verdict: PodHealth | None, error: str | None,
+                              replicas: tuple[int, int] | None, status: str,
+                              reason: str) -> None:
+    cond = pods_condition(verdict, error, replicas, 3, [])
+    assert (cond["type"], cond["status"], cond["reason"]) == ("PodsHealthy", status, reason)
+
+
+def test_pods_event_only_on_a_change_of_verdict() -> None:
+    assert pods_event(False, PULL) == ("Warning", "PodsUnhealthy", PULL.message)
+    assert pods_event(True, PULL) is None
+    assert pods_event(False, HEALTHY) is None
+    recovered = pods_event(True, HEALTHY)
+    assert recovered is not None and recovered[:2] == ("Normal", "PodsRecovered")
+
+
+class _FakeKube:
+    """Records the calls evaluate makes; list_pods serves whatever `pods` holds."""
+
+    def __init__(self) -> None:
+        self.pods: list[dict[str, Any]] | Exception = []
+        self.lists: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.statuses: list[dict[str, Any]] = []
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        self.lists.append((namespace, label_selector))
+        if isinstance(self.pods, Exception):
+            raise self.pods
+        return self.pods
+
+    def event(self, involved: Any, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+
+
+def _pulling_pod() -> dict[str, Any]:
+    return {"metadata": {"name": "orders-7d9-abc", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "consumer", "image": "x:y"}]},
+            "status": {"phase": "Pending", "containerStatuses": [
+                {"name": "consumer", "ready": False, "state": {"waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": 'Back-off pulling image "x:y"'}}}]}}
+
+
+def _running_pod() -> dict[str, Any]:
+    return {"metadata": {"name": "orders-7d9-def", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "consumer", "ready": True,
+                                              "state": {"running": {}}}]}}
+
+
+def test_each_check_lists_the_pods_once_and_events_follow_transitions() -> None:
+    kube = _FakeKube()
+    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
+    entry, key = _ready_entry(), ("shop", "orders")
+    kube.pods = [_pulling_pod()]
+    ctl.evaluate(key, entry, _snap())
+    ctl.evaluate(key, entry, _snap(time_s=115.0))
+    assert kube.lists == [("shop", "kcg.dev/group=orders")] * 2  # one LIST per check
+    assert [e[:2] for e in kube.events] == [("Warning", "PodsUnhealthy")]  # not per check
+    assert kube.events[0][2].startswith(
+        'pod orders-7d9-abc container consumer: ImagePullBackOff: Back-off pulling image "x:y"')
+    status = kube.statuses[-1]
+    assert status["health"] == "ImagePullBackOff"
+    assert _conditions(status)["Ready"]["reason"] == "ImagePullBackOff"
+
+    kube.pods = [_running_pod()]
+    ctl.evaluate(key, entry, _snap(time_s=130.0))
+    assert [e[:2] for e in kube.events] == [("Warning", "PodsUnhealthy"),
+                                           ("Normal", "PodsRecovered")]
+    status = kube.statuses[-1]
+    assert status["health"] == "OK"
+    assert _conditions(status)["Ready"]["status"] == "True"
+    assert _conditions(status)["PodsHealthy"]["reason"] == "PodsReady"
+
+
+def test_a_failed_pod_list_leaves_the_rest_of_the_status_alone() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    kube = _FakeKube()
+    kube.pods = ApiException(status=403, reason="Forbidden")
+    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
+    ctl.evaluate(("shop", "orders"), _ready_entry(), _snap())
+    conds = _conditions(kube.statuses[-1])
+    assert conds["Ready"]["status"] == "True"
+    assert (conds["PodsHealthy"]["status"], conds["PodsHealthy"]["reason"]) == (
+        "Unknown", "PodListFailed")
+    assert "403 Forbidden" in conds["PodsHealthy"]["message"]
+    assert not kube.events
+
+
+def test_no_deployment_means_no_pod_list() -> None:
+    kube = _FakeKube()
+    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
+    ctl.evaluate(("shop", "orders"), _ready_entry(replicas=None), _snap())
+    assert not kube.lists
+    assert _conditions(kube.statuses[-1])["PodsHealthy"]["reason"] == "NoDeployment"

@@ -97,7 +97,7 @@ def test_printer_columns(crd: dict[str, Any], schema: dict[str, Any]) -> None:
         ("Replicas", ".status.replicas"),
         ("Desired", ".status.desiredReplicas"),
         ("Lag", ".status.totalLag"),
-        ("Status", ".status.lagStatus"),
+        ("Status", ".status.health"),
         ("Age", ".metadata.creationTimestamp"),
     ]
     for column in columns[1:-1]:  # the columns point at fields that exist, with their type

@@ -68,3 +68,14 @@ def test_a_registry_refusing_gives_one_line_naming_the_build(tmp_path: Path) -> 
     line = _only_line(proc)
     assert "building kube-apiserver" in line and "failed" in line
     assert "GOPROXY=off" in line
+
+
+def test_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    # kafka-storage took a leading '-' for an option (one fresh stack in 64 failed).
+    sys.path.insert(0, str(REPO / "stack"))
+    import localstack
+
+    dash_first = bytes([0xF8]) + bytes(15)  # base64 of 0b111110... is '-'
+    assert localstack.base64.urlsafe_b64encode(dash_first).startswith(b"-")
+    cluster_id = localstack.kafka_cluster_id(dash_first)
+    assert not cluster_id.startswith("-") and len(cluster_id) == 22

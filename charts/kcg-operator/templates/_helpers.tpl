@@ -72,7 +72,7 @@ The operator image reference: repository:tag (tag defaults to appVersion) or @di
 
 {{/*
 The API rights the operator needs, the same for the ClusterRole (all namespaces) and for
-each Role (one per watched namespace). Nothing else: no secrets list/watch, no pods, no
+each Role (one per watched namespace). Nothing else: no secrets list/watch, pods list only, no
 namespaces, no CRDs, no kopf peering objects (the operator runs kopf standalone and finds
 its resources through API discovery).
 */}}
@@ -108,6 +108,12 @@ its resources through API discovery).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# The consumer pods' own status (ImagePullBackOff, CrashLoopBackOff, ...) for the
+# PodsHealthy condition: one LIST per group per check, by the Deployment's label selector.
+# Only list: the operator neither gets pods by name nor watches them.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Events that explain its decisions (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]

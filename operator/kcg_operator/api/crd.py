@@ -72,8 +72,9 @@ PRINTER_COLUMNS: Final[tuple[dict[str, Any], ...]] = (
     {
         "name": "Status",
         "type": "string",
-        "jsonPath": ".status.lagStatus",
-        "description": "Lag verdict: OK, WARN, ERR, STALL or STOP.",
+        "jsonPath": ".status.health",
+        "description": "The first problem's reason (e.g. ImagePullBackOff, CrashLoopBackOff, "
+        "KafkaUnreachable), else the lag verdict: OK, WARN or ERR.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )

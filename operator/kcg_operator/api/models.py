@@ -627,6 +627,7 @@ class ConditionType(StrEnum):
     LAG_HEALTHY = "LagHealthy"
     REBALANCE_COMPLIANT = "RebalanceCompliant"
     OUTBOX_READY = "OutboxReady"
+    PODS_HEALTHY = "PodsHealthy"
 
 
 class ConditionStatus(StrEnum):
@@ -657,8 +658,8 @@ class Condition(StatusModel):
     type: str = Field(
         max_length=316,
         pattern=CONDITION_TYPE_PATTERN,
-        description="Condition type: Ready, Scaling, LagHealthy, RebalanceCompliant or "
-        "OutboxReady.",
+        description="Condition type: Ready, Scaling, LagHealthy, RebalanceCompliant, "
+        "OutboxReady or PodsHealthy.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -695,7 +696,7 @@ class KafkaConsumerGroupStatus(StatusModel):
     )
     conditions: list[Condition] | None = Field(
         None,
-        description="Ready, Scaling, LagHealthy, RebalanceCompliant, OutboxReady.",
+        description="Ready, Scaling, LagHealthy, RebalanceCompliant, OutboxReady, PodsHealthy.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
@@ -714,6 +715,16 @@ class KafkaConsumerGroupStatus(StatusModel):
     )
     lag_status: LagStatus | None = Field(
         None, description="Burrow's verdict on the lag: OK, WARN, ERR, STALL or STOP."
+    )
+    # No pattern on purpose: a value the schema refused would fail the whole status write,
+    # and the reasons come from the kubelet and the scheduler as well as from us.
+    health: str | None = Field(
+        None,
+        max_length=128,
+        description="The STATUS column: the reason of the first problem (a pod's own reason "
+        "such as ImagePullBackOff, CrashLoopBackOff, OOMKilled, Unschedulable or PodsNotReady; "
+        "KafkaUnreachable, TopicNotFound, InvalidSpec, ...), else the lag verdict (OK, WARN, "
+        "ERR).",
     )
     assignor: str | None = Field(
         None, description="Assignor the group uses on the broker (classic protocol)."
