@@ -14,9 +14,9 @@ local node: one consumer Deployment (examples/consumer/consumer.py, --stats) is 
 The objects are rendered by the operator's own code (workload/render.py) and applied
 directly, and the bench itself scales them, so the three runs differ in the assignment
 only (no lag policy in the way). Per step it prints partitions revoked, consumer-seconds
-without processing (each member's 1 s intervals with nothing delivered, from its first
-assignment to its exit), messages delivered twice and seconds until the group is stable
-with every partition owned. Last line: one JSON object.
+without processing (summed over consumers: gaps of more than 0.1 s between two deliveries,
+which steady traffic makes milliseconds apart), messages delivered twice and seconds until
+the group is stable with every partition owned. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -247,19 +247,17 @@ def _wait_gone(core: client.CoreV1Api, selector: str) -> None:
 
 
 def _step_costs(pods: Pods, begin: float, end: float) -> dict[str, Any]:
-    """Revoked partitions and member-seconds without a delivery in [begin, end]."""
-    idle = 0.0
+    """Partitions revoked and consumer-seconds without processing in [begin, end]: the
+    consumers' own count of gaps over STALL_GAP_SECONDS between deliveries (a gap is
+    counted when it ends, so a pod that leaves for good adds nothing after its last one)."""
+    stalled = 0.0
     revoked = 0
     for log in pods.logs.values():
-        joined = False
         for prev, cur in zip(log.stats, log.stats[1:], strict=False):
-            joined = joined or prev["owned"] > 0
-            if cur["t"] < begin or prev["t"] > end:
-                continue
-            revoked += cur["revoked"] - prev["revoked"]
-            if joined and cur["delivered"] == prev["delivered"]:
-                idle += cur["t"] - prev["t"]
-    return {"revoked": revoked, "idle_consumer_s": round(idle, 1)}
+            if begin <= cur["t"] <= end:
+                revoked += cur["revoked"] - prev["revoked"]
+                stalled += cur["stalled"] - prev["stalled"]
+    return {"revoked": revoked, "idle_consumer_s": round(stalled, 2)}
 
 
 def main() -> int:

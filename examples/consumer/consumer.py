@@ -24,8 +24,9 @@ commits, and leaves the group with close(), so the cooperative rebalance moves o
 pod's partitions.
 
 With --stats, a JSON line per second (`stats {...}`: messages delivered so far, partitions
-owned, partitions revoked so far) lets a benchmark see when each consumer processed nothing
-(benchmarks/bench_rebalance.py).
+owned, partitions revoked so far, and `stalled`: seconds so far in gaps of more than
+STALL_GAP_SECONDS between two deliveries) lets a benchmark see when each consumer processed
+nothing (benchmarks/bench_rebalance.py).
 
     python consumer.py [--rate N] [--dedup-file PATH] [--max-messages N] [--stats] [--verbose]
 """
@@ -58,6 +59,8 @@ from kcg_client import (
 log = logging.getLogger("consumer")
 
 COMMIT_INTERVAL_SECONDS = 1.0
+# Under steady traffic deliveries come milliseconds apart; a longer gap is a stop.
+STALL_GAP_SECONDS = 0.1
 DEDUP_CAPACITY = 100_000
 
 
@@ -142,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     consumer.subscribe(subscribed, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     dedup = DedupSet(DEDUP_CAPACITY, args.dedup_file)
     processed = duplicates = 0
+    stalled = 0.0
+    last_delivery: float | None = None
     last_commit = last_report = last_stats = time.monotonic()
     pace = paced(args.rate)
     try:
@@ -151,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
             if msg is not None and msg.error() is not None:
                 log.warning("consume error: %s", msg.error())
             elif msg is not None:
+                delivered_at = time.monotonic()
+                if last_delivery is not None and delivered_at - last_delivery > STALL_GAP_SECONDS:
+                    stalled += delivered_at - last_delivery
+                last_delivery = delivered_at
                 if commit_first:
                     try:
                         consumer.commit(message=msg, asynchronous=False)
@@ -174,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             if args.stats and now - last_stats >= 1.0:
                 log.info("stats %s", json.dumps({
                     "t": round(time.time(), 3), "delivered": processed + duplicates,
-                    "owned": len(owned), "revoked": revoked}))
+                    "owned": len(owned), "revoked": revoked, "stalled": round(stalled, 3)}))
                 last_stats = now
             if now - last_report >= 5.0:
                 log.info("processed=%d duplicates=%d", processed, duplicates)
@@ -188,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         if args.stats:
             log.info("stats %s", json.dumps({
                 "t": round(time.time(), 3), "delivered": processed + duplicates,
-                "owned": 0, "revoked": revoked, "final": True}))
+                "owned": 0, "revoked": revoked, "stalled": round(stalled, 3), "final": True}))
     return 0
 
 
