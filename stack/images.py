@@ -176,6 +176,10 @@ def dockerfile(name: str, context: Path, dockerfile_path: Path, inputs: Iterable
         str(context)))
     image = _export(ref, archive)
     _log(f"{ref}: built in {time.monotonic() - started:.0f}s, {image_size_mb(image):.0f} MB")
+    for stale in IMAGES.glob(f"{name}-*.tar"):  # earlier trees' builds: only the newest stays
+        if stale != archive:
+            stale.unlink(missing_ok=True)
+    subprocess.run(buildah("rmi", "--prune"), capture_output=True)
     return image
 
 

@@ -564,6 +564,10 @@ def _start_node(slot: node.Slot, server: str, owned: bool, procs: list[Proc]) ->
     _wait("containerd", lambda: subprocess.run(
         node.ctr(slot, "version"), capture_output=True).returncode == 0, 30, procs)
     present = node.node_images(slot)
+    wanted = {image.ref for image in built.values()} | set(images.ALIASES.values())
+    for stale in present - wanted:  # earlier builds of ours; nothing else lives in this root
+        if stale.startswith("localhost/kcg-") and "@" not in stale:
+            node.remove_image(slot, stale)
     for kind, image in built.items():
         if image.ref not in present:
             node.import_image(slot, image.archive)

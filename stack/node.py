@@ -345,6 +345,10 @@ def tag_image(slot: Slot, ref: str, alias: str) -> None:
         raise NodeError(f"tagging {ref} as {alias} in the node failed: {proc.stderr.strip()}")
 
 
+def remove_image(slot: Slot, ref: str) -> None:
+    subprocess.run(ctr(slot, "images", "rm", ref), capture_output=True)
+
+
 def node_images(slot: Slot) -> set[str]:
     out = subprocess.run(ctr(slot, "images", "ls", "-q"), capture_output=True, text=True)
     return {line.strip() for line in out.stdout.splitlines() if line.strip()}
