@@ -15,14 +15,23 @@ pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "probe.kcg.dev", "v1", "widgets"
 
 
-def _eventually(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+def _eventually(check: Any, timeout: float = 30.0, what: str = "condition",
+                retry_status: tuple[int, ...] = ()) -> Any:
+    """`check()` until truthy; API errors with a status in `retry_status` count as "not
+    yet" (a 403 while a new RoleBinding reaches the authorizer), any other is raised."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        result = check()
+        try:
+            result = check()
+        except ApiException as exc:
+            if exc.status not in retry_status:
+                raise
+            last, result = exc, None
         if result:
             return result
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +174,7 @@ def test_token_of_a_narrow_role_can_do_what_the_role_allows_and_nothing_else(
         reader = client.CoreV1Api(as_reader)
         # RBAC bindings take effect within moments; allow the authorizer's cache to catch up.
         _eventually(lambda: reader.list_namespaced_config_map(namespace) is not None,
-                    what="the Role to allow listing")
+                    what="the Role to allow listing", retry_status=(403,))
         for forbidden in (
             lambda: reader.create_namespaced_config_map(
                 namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="nope"))),

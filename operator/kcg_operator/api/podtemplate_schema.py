@@ -9,8 +9,10 @@ turns it into a structural schema once, offline; the result is checked in under
 
 Regenerate (only when moving to another Kubernetes minor version)::
 
-    .venv/bin/python -m kcg_operator.api.podtemplate_schema \\
-        /root/go/pkg/mod/k8s.io/kubernetes@v1.34.4/api/openapi-spec/v3/api__v1_openapi.json
+    .venv/bin/python -m kcg_operator.api.podtemplate_schema [PATH/TO/api__v1_openapi.json]
+
+(without a path it takes the file from k8s.io/kubernetes in the Go module cache, which
+`go mod download` fills from the module proxy).
 
 Conversion rules, each for a rule of structural schemas or of CRD validation:
 
@@ -42,10 +44,7 @@ from pathlib import Path
 from typing import Any
 
 KUBERNETES_VERSION = "v1.34.4"
-DEFAULT_SOURCE = Path(
-    f"/root/go/pkg/mod/k8s.io/kubernetes@{KUBERNETES_VERSION}/api/openapi-spec/v3/"
-    "api__v1_openapi.json"
-)
+OPENAPI_PATH = "api/openapi-spec/v3/api__v1_openapi.json"  # inside k8s.io/kubernetes
 SCHEMA_FILE = "podtemplatespec-v1.34.json"
 ROOT_TYPE = "io.k8s.api.core.v1.PodTemplateSpec"
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
@@ -204,10 +203,26 @@ def load_pod_template_schema() -> dict[str, Any]:
     return schema
 
 
+def openapi_source() -> Path:
+    """Kubernetes' published core/v1 OpenAPI document, from the Go module cache (the local
+    stack builds from the same module, so `make setup` has already downloaded it)."""
+    import shutil
+    import subprocess
+
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    proc = subprocess.run([go, "mod", "download", "-json",
+                           f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go mod download k8s.io/kubernetes@{KUBERNETES_VERSION} failed: "
+                           f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return Path(json.loads(proc.stdout)["Dir"]) / OPENAPI_PATH
+
+
 def main(argv: list[str]) -> int:
-    source = Path(argv[0]) if argv else DEFAULT_SOURCE
+    source = Path(argv[0]) if argv else openapi_source()
     openapi = json.loads(source.read_text())
-    document = vendored_document(openapi, "api/openapi-spec/v3/api__v1_openapi.json")
+    document = vendored_document(openapi, OPENAPI_PATH)
     target = Path(__file__).parent / "schemas" / SCHEMA_FILE
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
