@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "stack"))
 from localstack import die_with_parent  # noqa: E402
 
 EXTERNAL = os.environ.get("KCG_E2E_EXTERNAL_CLUSTER") == "1"
+POD_READY_GRACE_SECONDS = 30
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +244,10 @@ def install_operator(kubeconfig: str, namespace: str, release: str, image: str,
          "--set", "image.pullPolicy=Never", "--set", "logFormat=plain",
          # The suite's groups poll every 1-2 s; production keeps the default.
          "--set", "extraEnv[0].name=KCG_CHECK_INTERVAL_SECONDS",
-         "--set-string", "extraEnv[0].value=2", *(extra or [])],
+         "--set-string", "extraEnv[0].value=2",
+         # Pods not ready after this long are reported (production default: 300 s).
+         "--set", "extraEnv[1].name=KCG_POD_READY_GRACE_SECONDS",
+         "--set-string", f"extraEnv[1].value={POD_READY_GRACE_SECONDS}", *(extra or [])],
         check=True, capture_output=True, text=True, timeout=120,
         env={**os.environ, "KUBECONFIG": kubeconfig})
 

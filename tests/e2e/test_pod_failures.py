@@ -1,5 +1,7 @@
 """`kubectl get kcg` tells when consumer pods fail, with the pod's own reason: an image
-that cannot be pulled, a container in CrashLoopBackOff (conditions, STATUS, Events)."""
+that cannot be pulled, a container in CrashLoopBackOff, a pod that never becomes ready
+(after the operator's grace period: 30 s in this suite) -- in the conditions, STATUS and
+Events."""
 
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ def _health(api: client.ApiClient, ns: str, name: str) -> tuple[str, dict[str, A
     pytest.param({"name": "app", "command": ["python", "-c", "raise SystemExit(3)"],
                   "imagePullPolicy": "Never"},
                  {"CrashLoopBackOff", "Error"}, id="crash-loop"),
+    pytest.param({"name": "app", "command": ["python", "/app/consumer.py"],
+                  "imagePullPolicy": "Never",
+                  "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 2}},
+                 {"PodsNotReady"}, id="never-ready"),
 ])
 def test_failing_pods_show_their_reason_in_conditions_status_and_events(
     operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
