@@ -281,15 +281,7 @@ def _log_tail(name: str) -> str:
     return " | ".join(lines[-3:])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+_alive = node.process_alive
 
 
 # --------------------------------------------------------------------------- certificates

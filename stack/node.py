@@ -156,23 +156,26 @@ def slot_in_use(slot: Slot) -> bool:
     """Whether a running stack owns `slot`."""
     with contextlib.suppress(OSError, ValueError):
         stack_dir, claimer = (slot.run_dir / "owner").read_text().split()
-        return _alive(int(claimer)) or _stack_alive(Path(stack_dir))
+        return process_alive(int(claimer)) or _stack_alive(Path(stack_dir))
     return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it has exited, only its parent has not
+    reaped it yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
 
 
 def _stack_alive(stack_dir: Path) -> bool:
     with contextlib.suppress(ValueError, OSError):
-        return any(_alive(int(p["pid"]))
+        return any(process_alive(int(p["pid"]))
                    for p in json.loads((stack_dir / "pids.json").read_text()))
     return False
 

@@ -5,19 +5,20 @@ native sidecar in the same pod publishes the outbox to Kafka."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from tests.integration.outbox_support import consume, create_topic, delete_topics, drop_tables
-from tests.integration.test_orders_app import (
+from tests.integration.outbox_support import consume
+from tests.integration.test_orders_app import (  # noqa: F401 - names: a fixture
     PARTITIONS,
     Names,
     as_record,
     counts,
+    names,
     order,
     produce,
     table_rows,
@@ -26,20 +27,6 @@ from tests.integration.test_orders_app import (
 from .conftest import REPO, RunningOperator, eventually
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def names(stack: dict[str, Any]) -> Iterator[Names]:
-    bootstrap, dsn = str(stack["KAFKA_BOOTSTRAP_SERVERS"]), str(stack["OUTBOX_DSN"])
-    made = Names.fresh()
-    create_topic(bootstrap, made.topic, PARTITIONS)
-    create_topic(bootstrap, made.output_topic, PARTITIONS)
-    try:
-        yield made
-    finally:
-        drop_tables(dsn, made.outbox)
-        drop_tables(dsn, made.results)
-        delete_topics(bootstrap, made.topic, made.output_topic)
 
 
 def _kcg(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
@@ -52,26 +39,26 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
                  if c["type"] == kind), None)
 
 
-def orders_app_body(names: Names, bootstrap: str, image: str) -> dict[str, Any]:
+def orders_app_body(made: Names, bootstrap: str, image: str) -> dict[str, Any]:
     """examples/orders-outbox.yaml, pointed at this test's topics, tables and image."""
     body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "orders-outbox.yaml").read_text())
     spec = body["spec"]
-    spec["topics"] = [names.topic]
+    spec["topics"] = [made.topic]
     spec["kafka"] = {"bootstrapServers": bootstrap}
     spec["consumerConfig"] = {"auto.offset.reset": "earliest"}
-    spec["outbox"]["table"] = names.outbox
+    spec["outbox"]["table"] = made.outbox
     spec["scaling"] = {"minReplicas": 2, "maxReplicas": 2, "pollIntervalSeconds": 2}
     app = spec["template"]["spec"]["containers"][0]
     app["image"], app["imagePullPolicy"] = image, "Never"
-    app["args"] = ["--results-table", names.results, "--outbox-table", names.outbox,
-                   "--output-topic", names.output_topic]
+    app["args"] = ["--results-table", made.results, "--outbox-table", made.outbox,
+                   "--output-topic", made.output_topic]
     return body
 
 
 def test_orders_app_pods_and_relay_sidecar_publish_every_event_once_in_key_order(
     operator: RunningOperator, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], stack: dict[str, Any], examples_image: str, ns: str,
-    names: Names,
+    names: Names,  # noqa: F811 - the fixture imported above
 ) -> None:
     bootstrap, dsn = str(stack["KAFKA_BOOTSTRAP_SERVERS"]), str(stack["OUTBOX_DSN"])
     client.CoreV1Api(kube_api).create_namespaced_secret(ns, client.V1Secret(
