@@ -1,7 +1,9 @@
-"""The operator's in-memory view of every KafkaConsumerGroup it serves.
+"""What the kopf handlers know of every KafkaConsumerGroup, for the controller loop to read.
 
-kopf's watch keeps it current (one entry per object); the reconciler records what it
-applied; the controller loop reads it to batch lag collection across all groups.
+The handlers are its only writers: the reconciler records what it applied, the watch
+handlers follow the objects and their Deployments. Each object's record is immutable and
+replaced whole, so the controller reads a consistent record without locking it; what the
+controller learns and decides lives in the controller (kcg_operator.controller), not here.
 """
 
 from __future__ import annotations
@@ -9,19 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kcg_operator.api.models import KafkaConsumerGroup
 from kcg_operator.scaling.collector import ClusterKey
-from kcg_operator.scaling.health import CommitWindow
-from kcg_operator.scaling.policy import PolicyState
-from kcg_operator.scaling.timelag import OffsetTimeTable
 
 Key = tuple[str, str]  # (namespace, name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reconciled:
     """The reconciler's outcome for one generation, for the Ready condition."""
 
@@ -33,72 +32,107 @@ class Reconciled:
     selector: str | None = None
 
 
-@dataclass
-class Entry:
-    body: dict[str, Any]
-    kcg: KafkaConsumerGroup | None
+@dataclass(frozen=True)
+class GroupObject:
+    """One KafkaConsumerGroup as the handlers last saw and reconciled it."""
+
+    body: Mapping[str, Any]
+    kcg: KafkaConsumerGroup | None  # None: the spec does not parse
     cluster: ClusterKey | None = None
     auth: Mapping[str, str] | None = None  # credentials: never logged
-    reconciled: Reconciled | None = None
+    reconciled: Reconciled | None = None  # None: not reconciled by this process yet
     # Where a consumer starts on a partition the group never committed (auto.offset.reset):
-    # with earliest, that partition's whole log is lag.
+    # with earliest, that partition's whole retained log is lag.
     starts_from_earliest: bool = False
-    next_poll: float = 0.0
-    dirty: bool = True
-    policy: PolicyState = field(default_factory=PolicyState)
-    windows: dict[tuple[str, int], CommitWindow] = field(default_factory=dict)
-    timelag: dict[tuple[str, int], OffsetTimeTable] = field(default_factory=dict)
-    last_status: dict[str, Any] | None = None
-    last_events: dict[str, str] = field(default_factory=dict)
-    last_scale_time: str | None = None
-    partition_series: set[tuple[str, str]] = field(default_factory=set)  # metric labels
-    replicas: tuple[int, int] | None = None  # Deployment (spec, ready), from its watch
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class DeploymentReplicas:
+    """spec.replicas and status.readyReplicas of a consumer Deployment, from its watch."""
+
+    wanted: int
+    ready: int
+    seen_at: float  # time.monotonic() when the watch delivered it
 
 
 class Registry:
     def __init__(self) -> None:
-        self._entries: dict[Key, Entry] = {}
+        self._objects: dict[Key, GroupObject] = {}
+        self._deployments: dict[Key, DeploymentReplicas] = {}
+        self._locks: dict[Key, threading.Lock] = {}
+        self._dirty: set[Key] = set()
         self._lock = threading.Lock()
         self.wake = threading.Event()
 
-    def upsert(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None) -> Entry:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = Entry(dict(body), kcg)
-            else:
-                entry.body, entry.kcg = dict(body), kcg
-            return entry
+    # -- written by the handlers --------------------------------------------------------
 
-    def get(self, key: Key) -> Entry | None:
+    def seen(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None) -> None:
+        """A watch event: the object's latest body, keeping what was reconciled."""
         with self._lock:
-            return self._entries.get(key)
+            old = self._objects.get(key)
+            self._objects[key] = (GroupObject(dict(body), kcg) if old is None
+                                  else replace(old, body=dict(body), kcg=kcg))
+
+    def reconciled(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None,
+                   outcome: Reconciled, *, cluster: ClusterKey | None = None,
+                   auth: Mapping[str, str] | None = None,
+                   starts_from_earliest: bool | None = None) -> None:
+        """The reconciler's outcome; the controller looks at the object at once."""
+        with self._lock:
+            old = self._objects.get(key) or GroupObject(body, kcg)
+            self._objects[key] = replace(
+                old, body=dict(body), kcg=kcg, reconciled=outcome,
+                cluster=cluster if cluster is not None else old.cluster,
+                auth=auth if cluster is not None else old.auth,
+                starts_from_earliest=(old.starts_from_earliest if starts_from_earliest is None
+                                      else starts_from_earliest))
+            self._dirty.add(key)
+        self.wake.set()
 
     def remove(self, key: Key) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._objects.pop(key, None)
+            self._locks.pop(key, None)
+
+    def deployment_seen(self, key: Key, replicas: tuple[int, int] | None) -> None:
+        """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted."""
+        with self._lock:
+            if replicas is None:
+                self._deployments.pop(key, None)
+            else:
+                self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic())
+
+    # -- read by the controller ---------------------------------------------------------
+
+    def objects(self) -> dict[Key, GroupObject]:
+        with self._lock:
+            return dict(self._objects)
+
+    def get(self, key: Key) -> GroupObject | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    def deployment(self, key: Key) -> DeploymentReplicas | None:
+        with self._lock:
+            return self._deployments.get(key)
+
+    def take_dirty(self) -> set[Key]:
+        """Objects changed since the last call (and forgets them)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        return dirty
 
     def mark_dirty(self, key: Key) -> None:
-        entry = self.get(key)
-        if entry is not None:
-            entry.dirty = True
-            self.wake.set()
-
-    def due(self, now: float | None = None) -> list[tuple[Key, Entry]]:
-        now = time.time() if now is None else now
         with self._lock:
-            return [(k, e) for k, e in self._entries.items()
-                    if e.reconciled is not None and (e.dirty or e.next_poll <= now)]
+            self._dirty.add(key)
+        self.wake.set()
 
-    def next_due(self) -> float:
+    def workload_lock(self, key: Key) -> threading.Lock:
+        """Held by the reconciler between reading replicas and applying the Deployment, and
+        by the scaler around its patch, so neither undoes the other."""
         with self._lock:
-            times = [e.next_poll for e in self._entries.values() if e.reconciled is not None]
-        return min(times, default=time.time() + 1.0)
+            return self._locks.setdefault(key, threading.Lock())
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._entries)
-
-
-REGISTRY = Registry()
+            return len(self._objects)

@@ -38,8 +38,8 @@ def main(argv: Sequence[str]) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
                    log_prefix=True)  # kopf's log format, also for our loggers
     # Importing registers the handlers with kopf's default registry.
-    import kcg_operator.handlers.workload
-    import kcg_operator.runtime  # noqa: F401
+    import kcg_operator.handlers.workload  # noqa: F401
+    from kcg_operator.runtime import OperatorMemo
 
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
@@ -49,5 +49,6 @@ def main(argv: Sequence[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
+        memo=OperatorMemo(),
     )
     return 0

@@ -1,7 +1,10 @@
-"""Process-wide objects of a running operator: the Kubernetes client and the controller.
+"""Process-wide objects of a running operator, handed to every handler as kopf's ``memo``.
 
-Started and stopped by kopf's startup and cleanup handlers, so `kcg run` and an operator
-embedded with kopf's test runner behave the same.
+`kcg run` passes an :class:`OperatorMemo` to kopf; kopf gives each handler a shallow copy,
+so the registry, the Kubernetes client and the controller are the same objects everywhere
+and nothing lives in module globals. kopf's startup and cleanup handlers start and stop the
+controller loop, so `kcg run` and an operator embedded with kopf's test runner behave the
+same.
 """
 
 from __future__ import annotations
@@ -10,44 +13,48 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from kcg_operator import metrics
 from kcg_operator.api.models import GROUP_LABEL
+from kcg_operator.controller import Controller
 from kcg_operator.kube import Kube, load_client
-from kcg_operator.registry import REGISTRY, Key
+from kcg_operator.registry import Registry
+from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS
+from kcg_operator.workload.render import DEFAULT_RELAY_IMAGE
 
 log = logging.getLogger(__name__)
-_kube: Kube | None = None
-_stop = threading.Event()
-_thread: threading.Thread | None = None
-_controller: Any = None
 #: A controller pass older than this fails /healthz, so the kubelet restarts a stuck loop.
 STALE_PASS_SECONDS = 300.0
 
 
-def kube() -> Kube:
-    global _kube
-    if _kube is None:
-        _kube = Kube(load_client())
-    return _kube
+@dataclass
+class OperatorMemo:
+    """What every handler of one operator process shares (kopf's ``memo``)."""
+
+    registry: Registry = field(default_factory=Registry)
+    kube: Kube | None = None
+    controller: Controller | None = None
+    # Image of the outbox relay sidecar: the chart sets KCG_RELAY_IMAGE to the operator's
+    # own image; else the release default.
+    relay_image: str = field(
+        default_factory=lambda: os.environ.get("KCG_RELAY_IMAGE") or DEFAULT_RELAY_IMAGE)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def client(self) -> Kube:
+        if self.kube is None:
+            self.kube = Kube(load_client())
+        return self.kube
 
 
-def relay_image() -> str:
-    """Image of the outbox relay sidecar: KCG_RELAY_IMAGE (the chart sets it to the
-    operator's own image), else the release default."""
-    from kcg_operator.workload.render import DEFAULT_RELAY_IMAGE
-
-    return os.environ.get("KCG_RELAY_IMAGE") or DEFAULT_RELAY_IMAGE
-
-
-def forget(key: Key) -> None:
-    entry = REGISTRY.get(key)
-    REGISTRY.remove(key)
-    if entry is not None and entry.kcg is not None:
-        metrics.forget_group(key[0], key[1], entry.kcg.group_id, entry.partition_series)
+def of(memo: Any) -> OperatorMemo:
+    """The handler's ``memo`` argument, typed."""
+    if not isinstance(memo, OperatorMemo):
+        raise TypeError("kcg handlers need kopf.run(memo=OperatorMemo()); see kcg run")
+    return memo
 
 
 class _QuietWatchHandlers(logging.Filter):
@@ -60,8 +67,8 @@ class _QuietWatchHandlers(logging.Filter):
 
 
 @kopf.on.startup()
-def start(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _thread
+def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    ours = of(memo)
     logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
     # Progress and diff-base go to annotations: a structural status schema would prune
     # kopf's default status.kopf field, and status belongs to the controller loop.
@@ -76,35 +83,34 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["apps", "deployments"] = GROUP_LABEL
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
-    from kcg_operator.controller import Controller
-    from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS
 
     interval = float(os.environ.get("KCG_CHECK_INTERVAL_SECONDS", "15"))
     # How long a pod may stay Pending or not Ready before PodsHealthy says so.
     grace = float(os.environ.get("KCG_POD_READY_GRACE_SECONDS", DEFAULT_READY_GRACE_SECONDS))
-    global _controller
-    controller = _controller = Controller(kube(), REGISTRY, check_interval_s=interval,
-                                          pod_ready_grace_s=grace)
-    _stop.clear()
-    _thread = threading.Thread(target=controller.run, args=(_stop,), name="kcg-controller",
-                               daemon=True)
-    _thread.start()
+    ours.controller = Controller(ours.client(), ours.registry, check_interval_s=interval,
+                                 pod_ready_grace_s=grace)
+    ours.stop.clear()
+    ours.thread = threading.Thread(target=ours.controller.run, args=(ours.stop,),
+                                   name="kcg-controller", daemon=True)
+    ours.thread.start()
 
 
 @kopf.on.probe(id="controllerLoopSeconds")
-def controller_alive(**_: Any) -> float:
+def controller_alive(memo: Any, **_: Any) -> float:
     """Seconds since the controller loop last started a pass; /healthz fails when stale."""
-    if _controller is None:
+    controller = of(memo).controller
+    if controller is None:
         return 0.0
-    age = time.monotonic() - float(_controller.last_pass)
+    age = time.monotonic() - controller.last_pass
     if age > STALE_PASS_SECONDS:
         raise RuntimeError(f"the controller loop has not run for {age:.0f}s")
     return round(age, 1)
 
 
 @kopf.on.cleanup()
-def stop(**_: Any) -> None:
-    _stop.set()
-    REGISTRY.wake.set()
-    if _thread is not None:
-        _thread.join(timeout=10)
+def stop(memo: Any, **_: Any) -> None:
+    ours = of(memo)
+    ours.stop.set()
+    ours.registry.wake.set()
+    if ours.thread is not None:
+        ours.thread.join(timeout=10)

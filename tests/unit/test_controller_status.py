@@ -8,17 +8,18 @@ import pytest
 
 from kcg_operator.api.models import KafkaConsumerGroupStatus, parse_kafka_consumer_group
 from kcg_operator.conditions import condition
-from kcg_operator.controller import (
-    Controller,
+from kcg_operator.controller import Controller
+from kcg_operator.handlers.workload import initial_replicas
+from kcg_operator.registry import GroupObject, Reconciled, Registry
+from kcg_operator.scaling.collector import GroupSnapshot, Member
+from kcg_operator.status import (
     Observed,
     outbox_condition,
     pods_condition,
     pods_event,
     rebalance_condition,
+    render_status,
 )
-from kcg_operator.handlers.workload import initial_replicas
-from kcg_operator.registry import Entry, Reconciled, Registry
-from kcg_operator.scaling.collector import GroupSnapshot, Member
 from kcg_operator.workload.pod_health import PodHealth
 
 pytestmark = pytest.mark.unit
@@ -97,21 +98,11 @@ def test_initial_replicas_follow_spec_or_keep_the_scalers_choice() -> None:
     assert initial_replicas(scaled, current=1) == 2
 
 
-class _NoKube:
-    """render_status makes no API calls; the controller only needs something to hold."""
-
-
 def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> None:
-    body = _body()
-    entry = Entry(body, parse_kafka_consumer_group(body))
-    entry.reconciled = Reconciled(3, True, "Reconciled", "applied", "orders",
-                                  "kcg.dev/group=orders")
-    entry.replicas = (1, 1)
-    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
-    first = ctl.render_status(entry, Observed(_snap(), current=1, pods=HEALTHY))
-    entry.last_status = first
-    entry.body = {**body, "status": first}
-    second = ctl.render_status(entry, Observed(_snap(time_s=200.0), current=1, pods=HEALTHY))
+    obj = _ready_object()
+    first = render_status(obj, Observed(_snap(), current=1, ready=1, pods=HEALTHY), [])
+    second = render_status(obj, Observed(_snap(time_s=200.0), current=1, ready=1,
+                                         pods=HEALTHY), first["conditions"])
     assert first == second
     assert first["observedGeneration"] == 3 and first["totalLag"] == 0
     types = {c["type"]: c["status"] for c in first["conditions"]}
@@ -122,11 +113,9 @@ def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> Non
 
 
 def test_invalid_spec_gets_ready_false_with_the_reason() -> None:
-    body = _body()
-    entry = Entry(body, None)
-    entry.reconciled = Reconciled(3, False, "InvalidSpec", "spec.topics: add one")
-    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
-    status = ctl.render_status(entry, None)
+    obj = GroupObject(_body(), None,
+                      reconciled=Reconciled(3, False, "InvalidSpec", "spec.topics: add one"))
+    status = render_status(obj, None, [])
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert status["conditions"][0]["status"] == "False"
     assert status["observedGeneration"] == 3
@@ -159,13 +148,18 @@ def test_objects_sharing_a_group_id_each_see_their_own_topics() -> None:
 
 # ----------------------------------------------------------------------------- pod health
 
-def _ready_entry(replicas: tuple[int, int] | None = (1, 0)) -> Entry:
+def _ready_object() -> GroupObject:
     body = _body()
-    entry = Entry(body, parse_kafka_consumer_group(body))
-    entry.reconciled = Reconciled(3, True, "Reconciled", "applied", "orders",
-                                  "kcg.dev/group=orders")
-    entry.replicas = replicas
-    return entry
+    return GroupObject(body, parse_kafka_consumer_group(body),
+                       reconciled=Reconciled(3, True, "Reconciled", "applied", "orders",
+                                             "kcg.dev/group=orders"))
+
+
+def _controller(kube: Any, replicas: tuple[int, int] | None = (1, 0)) -> Controller:
+    """A controller whose registry has seen the Deployment with ``replicas``."""
+    registry = Registry()
+    registry.deployment_seen(("shop", "orders"), replicas)
+    return Controller(kube, registry)
 
 
 def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -173,8 +167,7 @@ def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_unhealthy_pods_make_ready_false_and_name_the_reason_in_the_status_column() -> None:
-    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
-    status = ctl.render_status(_ready_entry(), Observed(_snap(), current=1, pods=PULL))
+    status = render_status(_ready_object(), Observed(_snap(), current=1, ready=0, pods=PULL), [])
     conds = _conditions(status)
     assert (conds["PodsHealthy"]["status"], conds["PodsHealthy"]["reason"]) == (
         "False", "ImagePullBackOff")
@@ -186,9 +179,8 @@ def test_unhealthy_pods_make_ready_false_and_name_the_reason_in_the_status_colum
 
 
 def test_kafka_trouble_comes_first_in_ready_and_the_status_column() -> None:
-    ctl = Controller(_NoKube(), Registry())  # type: ignore[arg-type]
     snap = _snap(broker_ok=False, error="timed out", offsets={}, members=())
-    status = ctl.render_status(_ready_entry(), Observed(snap, current=1, pods=PULL))
+    status = render_status(_ready_object(), Observed(snap, current=1, ready=0, pods=PULL), [])
     conds = _conditions(status)
     assert conds["Ready"]["reason"] == "KafkaUnreachable" and status["health"] == (
         "KafkaUnreachable")
@@ -226,6 +218,10 @@ class _FakeKube:
         self.lists: list[tuple[str, str]] = []
         self.events: list[tuple[str, str, str]] = []
         self.statuses: list[dict[str, Any]] = []
+        self.scaled: list[int] = []
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self.scaled.append(replicas)
 
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         self.lists.append((namespace, label_selector))
@@ -259,11 +255,11 @@ def _running_pod() -> dict[str, Any]:
 
 def test_each_check_lists_the_pods_once_and_events_follow_transitions() -> None:
     kube = _FakeKube()
-    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
-    entry, key = _ready_entry(), ("shop", "orders")
+    ctl = _controller(kube)
+    obj, key = _ready_object(), ("shop", "orders")
     kube.pods = [_pulling_pod()]
-    ctl.evaluate(key, entry, _snap())
-    ctl.evaluate(key, entry, _snap(time_s=115.0))
+    ctl.evaluate(key, obj, _snap())
+    ctl.evaluate(key, obj, _snap(time_s=115.0))
     assert kube.lists == [("shop", "kcg.dev/group=orders")] * 2  # one LIST per check
     assert [e[:2] for e in kube.events] == [("Warning", "PodsUnhealthy")]  # not per check
     assert kube.events[0][2].startswith(
@@ -273,7 +269,7 @@ def test_each_check_lists_the_pods_once_and_events_follow_transitions() -> None:
     assert _conditions(status)["Ready"]["reason"] == "ImagePullBackOff"
 
     kube.pods = [_running_pod()]
-    ctl.evaluate(key, entry, _snap(time_s=130.0))
+    ctl.evaluate(key, obj, _snap(time_s=130.0))
     assert [e[:2] for e in kube.events] == [("Warning", "PodsUnhealthy"),
                                            ("Normal", "PodsRecovered")]
     status = kube.statuses[-1]
@@ -287,8 +283,8 @@ def test_a_failed_pod_list_leaves_the_rest_of_the_status_alone() -> None:
 
     kube = _FakeKube()
     kube.pods = ApiException(status=403, reason="Forbidden")
-    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
-    ctl.evaluate(("shop", "orders"), _ready_entry(), _snap())
+    ctl = _controller(kube)
+    ctl.evaluate(("shop", "orders"), _ready_object(), _snap())
     conds = _conditions(kube.statuses[-1])
     assert conds["Ready"]["status"] == "True"
     assert (conds["PodsHealthy"]["status"], conds["PodsHealthy"]["reason"]) == (
@@ -299,7 +295,63 @@ def test_a_failed_pod_list_leaves_the_rest_of_the_status_alone() -> None:
 
 def test_no_deployment_means_no_pod_list() -> None:
     kube = _FakeKube()
-    ctl = Controller(kube, Registry())  # type: ignore[arg-type]
-    ctl.evaluate(("shop", "orders"), _ready_entry(replicas=None), _snap())
+    ctl = _controller(kube, replicas=None)
+    ctl.evaluate(("shop", "orders"), _ready_object(), _snap())
     assert not kube.lists
     assert _conditions(kube.statuses[-1])["PodsHealthy"]["reason"] == "NoDeployment"
+
+
+# ----------------------------------------------------------------------------- one road
+
+def _sample(metric: str, **labels: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(metric, labels)
+
+
+def test_status_metrics_and_policy_read_one_lag_per_partition() -> None:
+    """A never-committed partition (earliest, log start 4) and a committed one: the status,
+    the metrics and the scaling decision show the same lag and seconds behind."""
+    from dataclasses import replace
+
+    body = _body(scaling={"minReplicas": 1, "maxReplicas": 4, "lagPerReplica": 5})
+    obj = replace(_ready_object(), body=body, kcg=parse_kafka_consumer_group(body),
+                  starts_from_earliest=True)
+    kube = _FakeKube()
+    kube.pods = [_running_pod()]
+    ctl = _controller(kube, replicas=(1, 1))
+    snap = _snap(offsets={("orders", 0): (10, None), ("orders", 1): (9, 7)},
+                 log_starts={("orders", 0): 4})
+    ctl.evaluate(("shop", "orders"), obj, snap, {(("orders", 0), 4): 40.0})
+    status = kube.statuses[-1]
+    assert status["totalLag"] == 6 + 2
+    assert status["maxTimeLagSeconds"] == 60.0  # 100 s now - 40 s, the first message's age
+    labels = {"namespace": "shop", "name": "orders", "group": "orders"}
+    assert _sample("kcg_consumergroup_group_sum_lag", **labels) == 8
+    assert _sample("kcg_consumergroup_group_lag", **labels, topic="orders", partition="0") == 6
+    assert _sample("kcg_consumergroup_group_lag_seconds", **labels, topic="orders",
+                   partition="0") == 60.0
+    assert _sample("kcg_consumergroup_group_max_lag_seconds", **labels) == 60.0
+    scaling = _conditions(status)["Scaling"]["message"]
+    assert "lag 8 over 5/replica" in scaling  # the policy saw the same 8 messages
+    assert status["desiredReplicas"] == 2 == kube.scaled[-1]
+
+
+def test_the_patched_count_holds_until_the_deployment_watch_shows_it() -> None:
+    body = _body(scaling={"minReplicas": 1, "maxReplicas": 4, "lagPerReplica": 5})
+    obj = GroupObject(body, parse_kafka_consumer_group(body),
+                      reconciled=_ready_object().reconciled)
+    kube = _FakeKube()
+    ctl = _controller(kube, replicas=(1, 1))
+
+    def lagging(t: float) -> GroupSnapshot:  # both partitions progress, 100 behind
+        n = int(t)
+        return _snap(time_s=t, offsets={("orders", 0): (n + 100, n), ("orders", 1): (n + 100, n)})
+
+    ctl.evaluate(("shop", "orders"), obj, lagging(100.0))
+    ctl.evaluate(("shop", "orders"), obj, lagging(115.0))
+    assert kube.scaled == [2]  # the second check knew it had already scaled to 2
+    assert kube.statuses[-1]["replicas"] == 2
+    ctl.registry.deployment_seen(("shop", "orders"), (1, 1))  # someone scaled it back
+    ctl.evaluate(("shop", "orders"), obj, lagging(130.0))
+    assert kube.scaled == [2, 2]

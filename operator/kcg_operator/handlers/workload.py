@@ -21,7 +21,7 @@ from kcg_operator.api.models import (
     KafkaConsumerGroup,
     parse_kafka_consumer_group,
 )
-from kcg_operator.registry import REGISTRY, Reconciled
+from kcg_operator.registry import Reconciled, Registry
 from kcg_operator.scaling.collector import ClusterKey
 from kcg_operator.workload.consumer_config import ConsumerConfigError
 from kcg_operator.workload.render import (
@@ -32,10 +32,8 @@ from kcg_operator.workload.render import (
 )
 
 
-def _record(key: tuple[str, str], body: Any, outcome: Reconciled) -> None:
-    entry = REGISTRY.upsert(key, body, _parse_or_none(body))
-    entry.reconciled = outcome
-    REGISTRY.mark_dirty(key)
+def _refused(registry: Registry, key: tuple[str, str], body: Any, outcome: Reconciled) -> None:
+    registry.reconciled(key, body, _parse_or_none(body), outcome)
 
 
 def _parse_or_none(body: Any) -> KafkaConsumerGroup | None:
@@ -60,82 +58,83 @@ def initial_replicas(kcg: KafkaConsumerGroup, current: int | None) -> int:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     assert namespace is not None  # the CRD is namespaced
+    ours = runtime.of(memo)
+    registry, kube = ours.registry, ours.client()
     key = (namespace, name)
     generation = body.metadata.get("generation")
     try:
         kcg = parse_kafka_consumer_group(body)
     except InvalidKafkaConsumerGroup as exc:
-        _record(key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
+        _refused(registry, key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
         raise kopf.PermanentError(str(exc)) from None
 
     auth: dict[str, str] | None = None
     secret_ref = kcg.spec.kafka.secret_ref
     if secret_ref is not None:
-        auth = runtime.kube().secret_data(namespace, secret_ref.name)
+        auth = kube.secret_data(namespace, secret_ref.name)
         if auth is None:
             message = (f"Secret {secret_ref.name!r} named by spec.kafka.secretRef does not exist "
                        f"in namespace {namespace}: create it or fix the name")
-            _record(key, body, Reconciled(generation, False, "SecretNotFound", message))
+            _refused(registry, key, body,
+                     Reconciled(generation, False, "SecretNotFound", message))
             raise kopf.TemporaryError(message, delay=30)
 
-    entry = REGISTRY.upsert(key, body, kcg)
-    entry.cluster = ClusterKey.of(kcg.spec.kafka.bootstrap_servers, auth)
-    entry.auth = auth
-    kube = runtime.kube()
-    with entry.lock:  # the scaler must not change replicas between our read and apply
+    with registry.workload_lock(key):  # the scaler must not change replicas in between
         current = kube.deployment_replicas(namespace, deployment_name(kcg))
         replicas = initial_replicas(kcg, None if current is None else current[0])
         try:
             workload = render_workload(kcg, replicas=replicas, auth_secret_data=auth,
-                                       relay_image=runtime.relay_image())
+                                       relay_image=ours.relay_image)
         except ConsumerConfigError as exc:
-            _record(key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
+            _refused(registry, key, body, Reconciled(generation, False, "InvalidSpec", str(exc)))
             raise kopf.PermanentError(str(exc)) from None
-        entry.starts_from_earliest = (
-            workload.config.consumer.get("auto.offset.reset", "latest") in ("earliest",
-                                                                             "smallest"))
         try:
             kube.apply(workload.config_map)
-            kube.apply(workload.deployment)
+            applied = kube.apply(workload.deployment)
         except ApiException as exc:  # e.g. a policy webhook or quota refusing the workload
             message = f"applying the workload failed: {exc.status} {exc.reason}: {exc.body}"
-            _record(key, body, Reconciled(generation, False, "ApplyFailed", message[:2000]))
+            _refused(registry, key, body,
+                     Reconciled(generation, False, "ApplyFailed", message[:2000]))
             raise kopf.TemporaryError(message[:500], delay=30) from None
-        # The Deployment's own watch event may have come before this object was known.
-        entry.replicas = (replicas, current[1] if current else 0)
+    # What the apiserver answered is as current as the Deployment's watch, which may have
+    # delivered the new Deployment before this object was reconciled.
+    registry.deployment_seen(key, (int(applied["spec"].get("replicas") or 0),
+                                   int((applied.get("status") or {}).get("readyReplicas") or 0)))
     config_id = workload.deployment["spec"]["template"]["metadata"]["annotations"][
         CONFIG_HASH_ANNOTATION][:12]
     message = (f"Deployment {deployment_name(kcg)} and its consumer properties applied "
                f"({replicas} replicas, config {config_id})")
-    entry.reconciled = Reconciled(generation, True, "Reconciled", message,
-                                  deployment=deployment_name(kcg), selector=status_selector(kcg))
-    REGISTRY.mark_dirty(key)
+    registry.reconciled(
+        key, body, kcg,
+        Reconciled(generation, True, "Reconciled", message, deployment=deployment_name(kcg),
+                   selector=status_selector(kcg)),
+        cluster=ClusterKey.of(kcg.spec.kafka.bootstrap_servers, auth), auth=auth,
+        starts_from_earliest=workload.config.consumer.get("auto.offset.reset", "latest")
+        in ("earliest", "smallest"))
     kopf.info(body, reason="Applied", message=message)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
-          **_: Any) -> None:
+          memo: Any, **_: Any) -> None:
     """Keep the registry in step with the apiserver, including deletions."""
+    registry = runtime.of(memo).registry
     key = (namespace or "", name)
     if event["type"] == "DELETED":
-        runtime.forget(key)
+        registry.remove(key)
         return
-    REGISTRY.upsert(key, body, _parse_or_none(body))
+    registry.seen(key, body, _parse_or_none(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={GROUP_LABEL: kopf.PRESENT})
 def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
-                     **_: Any) -> None:
+                     memo: Any, **_: Any) -> None:
     """Current and ready replicas of our Deployments, without a read per sweep."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
-    entry = REGISTRY.get((namespace or "", owner)) if owner else None
-    if entry is None:
+    if not owner:
         return
-    if event["type"] == "DELETED":
-        entry.replicas = None
-    else:
-        entry.replicas = (int(body.spec.get("replicas") or 0),
-                          int(body.status.get("readyReplicas") or 0))
+    replicas = None if event["type"] == "DELETED" else (
+        int(body.spec.get("replicas") or 0), int(body.status.get("readyReplicas") or 0))
+    runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas)

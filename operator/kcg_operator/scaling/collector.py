@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import (
+    Consumer,
     ConsumerGroupTopicPartitions,
     KafkaException,
     TopicPartition,
@@ -34,8 +35,13 @@ from confluent_kafka.admin import OffsetSpec as _OffsetSpec  # type: ignore[attr
 
 OffsetSpec: Any = _OffsetSpec  # untyped in confluent-kafka's stubs
 LATEST = OffsetSpec.latest()
+EARLIEST = OffsetSpec.earliest()
 # librdkafka's sentinel for "no committed offset".
 NO_OFFSET = -1001
+#: Most message timestamps read per cluster per sweep; the rest keep their estimate.
+MAX_TIMESTAMP_READS = 500
+#: Cached message timestamps per cluster before the cache starts over.
+TIMESTAMP_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,9 @@ class GroupSnapshot:
     offsets: dict[tuple[str, int], tuple[int, int | None]] = field(default_factory=dict)
     partition_counts: dict[str, int] = field(default_factory=dict)
     missing_topics: tuple[str, ...] = ()
+    # Log start offsets of the partitions the group never committed on (where
+    # auto.offset.reset=earliest starts a consumer); others are not asked for.
+    log_starts: dict[tuple[str, int], int] = field(default_factory=dict)
     state: str | None = None
     group_type: str | None = None  # CLASSIC or CONSUMER
     assignor: str | None = None
@@ -100,6 +109,7 @@ class GroupSnapshot:
         return replace(
             self,
             offsets={tp: v for tp, v in self.offsets.items() if tp[0] in wanted},
+            log_starts={tp: v for tp, v in self.log_starts.items() if tp[0] in wanted},
             partition_counts={t: n for t, n in self.partition_counts.items() if t in wanted},
             missing_topics=tuple(t for t in self.missing_topics if t in wanted),
         )
@@ -129,7 +139,10 @@ class LagCollector:
     def __init__(self, timeout_s: float = 10.0) -> None:
         self._timeout = timeout_s
         self._clients: dict[ClusterKey, AdminClient] = {}
+        self._readers: dict[ClusterKey, Consumer] = {}
+        self._timestamps: dict[ClusterKey, dict[tuple[tuple[str, int], int], float]] = {}
         self._lock = threading.Lock()
+        self._reader_locks: dict[ClusterKey, threading.Lock] = {}
         self.requests_failed = 0
 
     def client(self, key: ClusterKey, auth: Mapping[str, str] | None = None) -> AdminClient:
@@ -237,7 +250,101 @@ class LagCollector:
             out[g.group_id] = self._group_snapshot(
                 g, now, counts, ends, committed_f.get(g.group_id), described[g.group_id]
             )
+        self._add_log_starts(admin, out.values())
         return out
+
+    def _add_log_starts(self, admin: AdminClient, snaps: Iterable[GroupSnapshot]) -> None:
+        """Log start offsets of never-committed partitions, one batched request: a group
+        that starts from earliest has the whole retained log (not offset 0) ahead of it."""
+        wanted = {tp for s in snaps if s.broker_ok
+                  for tp, (_, committed) in s.offsets.items() if committed is None}
+        if not wanted:
+            return
+        futures = admin.list_offsets({TopicPartition(t, p): EARLIEST for t, p in wanted},
+                                     request_timeout=self._timeout)
+        starts: dict[tuple[str, int], int] = {}
+        for tp, fut in futures.items():
+            try:
+                starts[(tp.topic, tp.partition)] = fut.result(self._timeout).offset
+            except (KafkaException, TimeoutError):
+                # Unknown: the position falls back to offset 0, an upper bound of the lag.
+                self.requests_failed += 1
+        for s in snaps:
+            s.log_starts.update({tp: starts[tp] for tp, (_, c) in s.offsets.items()
+                                 if c is None and tp in starts})
+
+    def produced_at(
+        self, key: ClusterKey, wanted: Iterable[tuple[tuple[str, int], int]],
+        auth: Mapping[str, str] | None = None, budget: int = MAX_TIMESTAMP_READS,
+    ) -> dict[tuple[tuple[str, int], int], float]:
+        """Timestamps (seconds) of the messages at the given (partition, offset) pairs.
+
+        A message's timestamp never changes, so answers are cached; at most ``budget``
+        uncached messages are read per call (one fetch each, all partitions at once), the
+        rest keep their estimate until a later sweep. Offsets with no message (a
+        compacted gap) take the next message's timestamp: it was produced no earlier.
+        """
+        pairs = list(wanted)
+        with self._lock:
+            cache = self._timestamps.setdefault(key, {})
+        out = {pair: cache[pair] for pair in pairs if pair in cache}
+        todo = [pair for pair in pairs if pair not in cache][:budget]
+        if not todo:
+            return out
+        try:
+            read = self._read_timestamps(key, auth, todo)
+        except (KafkaException, ValueError, TypeError, RuntimeError):
+            self.requests_failed += 1
+            return out
+        with self._lock:
+            if len(cache) + len(read) > TIMESTAMP_CACHE_SIZE:
+                cache.clear()  # positions move on; old ones are not asked for again
+            cache.update(read)
+        out.update(read)
+        return out
+
+    def _read_timestamps(
+        self, key: ClusterKey, auth: Mapping[str, str] | None,
+        todo: list[tuple[tuple[str, int], int]],
+    ) -> dict[tuple[tuple[str, int], int], float]:
+        with self._lock:
+            reader = self._readers.get(key)
+            reader_lock = self._reader_locks.setdefault(key, threading.Lock())
+            if reader is None:
+                reader = self._readers[key] = Consumer({
+                    "bootstrap.servers": key.bootstrap_servers,
+                    "client.id": "kcg-operator-timestamps",
+                    # Required by librdkafka; never joined nor committed (assign only).
+                    "group.id": "kcg-operator-timestamps",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    # The message at a position, even inside an open transaction.
+                    "isolation.level": "read_uncommitted",
+                    "max.partition.fetch.bytes": 65536,
+                    "log_level": 2,
+                    **operator_auth(auth),
+                })
+        wanted = dict(todo)
+        found: dict[tuple[tuple[str, int], int], float] = {}
+        deadline = time.monotonic() + min(self._timeout, 5.0)
+        with reader_lock:  # one assignment at a time per cluster
+            reader.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
+            try:
+                while wanted and time.monotonic() < deadline:
+                    for msg in reader.consume(len(wanted), timeout=0.2):
+                        topic, partition, at = msg.topic(), msg.partition(), msg.offset()
+                        if msg.error() is not None or topic is None or partition is None:
+                            continue
+                        tp = (topic, partition)
+                        offset = wanted.get(tp)
+                        _, stamp_ms = msg.timestamp()
+                        if offset is None or at is None or at < offset or stamp_ms < 0:
+                            continue
+                        found[(tp, offset)] = stamp_ms / 1000.0
+                        del wanted[tp]
+            finally:
+                reader.unassign()
+        return found
 
     def _group_snapshot(
         self, g: GroupRequest, now: float, counts: Mapping[str, int],

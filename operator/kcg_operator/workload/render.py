@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kcg_operator.api.models import API_VERSION, GROUP_LABEL, KIND, KafkaConsumerGroup
-from kcg_operator.outbox.sidecar import relay_container
 from kcg_operator.workload.consumer_config import ConsumerConfig, build_consumer_config
+from kcg_operator.workload.sidecar import relay_container
 
 MANAGED_BY: Final = "kcg-operator"
 CONFIG_HASH_ANNOTATION: Final = "kcg.dev/config-hash"
@@ -226,8 +226,7 @@ def with_outbox_relay(
     restartPolicy Always: it starts before the app and stops after it)."""
     assert kcg.spec.outbox is not None
     template = copy.deepcopy(dict(pod_template))
-    relay = relay_container(kcg.spec.outbox.model_dump(by_alias=True, exclude_none=True),
-                            relay_image, kcg.spec.kafka.bootstrap_servers)
+    relay = relay_container(kcg.spec.outbox, relay_image, kcg.spec.kafka.bootstrap_servers)
     relay = with_kafka_connection(relay, kcg, config)
     spec = template.setdefault("spec", {})
     spec["initContainers"] = _replace_by("name", spec.get("initContainers") or [], [relay],
