@@ -95,5 +95,8 @@ def test_with_only_the_chart_rights_it_reconciles_scales_and_writes_status(
     config_map = client.CoreV1Api(kube_api).read_namespaced_config_map(
         dep.spec.template.spec.volumes[0].config_map.name, ns)
     assert "kcg-operator" in {f.manager for f in config_map.metadata.managed_fields}
-    log = operator_pod.log_text()
-    assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    # A denial by RBAC, not the apiserver refusing writes into a namespace that another
+    # test is deleting (NamespaceTerminating is a 403 too, and no missing right).
+    denied = [line for line in operator_pod.log_text().splitlines()
+              if ("403" in line or "Forbidden" in line) and "NamespaceTerminating" not in line]
+    assert not denied, denied[-5:]

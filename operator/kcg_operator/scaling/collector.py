@@ -144,6 +144,7 @@ class LagCollector:
         self._lock = threading.Lock()
         self._reader_locks: dict[ClusterKey, threading.Lock] = {}
         self.requests_failed = 0
+        self.timestamps_read = 0  # messages fetched for their timestamp (cache misses)
 
     def client(self, key: ClusterKey, auth: Mapping[str, str] | None = None) -> AdminClient:
         with self._lock:
@@ -297,6 +298,7 @@ class LagCollector:
             self.requests_failed += 1
             return out
         with self._lock:
+            self.timestamps_read += len(read)
             if len(cache) + len(read) > TIMESTAMP_CACHE_SIZE:
                 cache.clear()  # positions move on; old ones are not asked for again
             cache.update(read)
