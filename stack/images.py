@@ -159,10 +159,25 @@ def pause(binary: Path) -> Image:
     return _export(ref, archive)
 
 
+def image_tag(digest: str) -> str:
+    """The tag of an image built from inputs with this content hash.
+
+    It starts with a letter. A 12-digit hex hash is all digits, not starting with 0, once
+    in ~310 trees; `helm install --set image.tag=<digits>` reads that as a number, which the
+    chart's schema refuses ("got number, want string"): the e2e suite's install failed."""
+    return f"h{digest}"
+
+
+def dockerfile_ref(name: str, dockerfile_path: Path, inputs: Iterable[Path]) -> str:
+    """The reference `dockerfile` builds for these inputs: localhost/<name>:<tag>."""
+    return f"localhost/{name}:{image_tag(tree_hash([dockerfile_path, *inputs]))}"
+
+
 def dockerfile(name: str, context: Path, dockerfile_path: Path, inputs: Iterable[Path]) -> Image:
     """`buildah bud` of a Dockerfile on the local Python base, tagged by its inputs' hash."""
-    tag = tree_hash([dockerfile_path, *inputs])
-    ref = f"localhost/{name}:{tag}"
+    inputs = list(inputs)
+    ref = dockerfile_ref(name, dockerfile_path, inputs)
+    tag = ref.rsplit(":", 1)[1]
     archive = IMAGES / f"{name}-{tag}.tar"
     if archive.exists():
         return Image(ref, archive)

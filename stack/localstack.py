@@ -27,6 +27,7 @@ import ctypes
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -216,11 +217,49 @@ class Proc:
     pid: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+# Ports are drawn at random from outside the kernel's ephemeral range, at or above this.
+PORT_FLOOR = 20000
+_ports_handed_out: set[int] = set()
+_port_random = random.SystemRandom()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel picks from for bind(0) and connect() (both ends included)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999  # Linux's default
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host`, for a server this process starts shortly.
+
+    Two one-in-N start-up failures are ruled out here. The kernel's pick (bind to port 0,
+    then close) may return the same port again before its server started: the picks of one
+    `up` collided about once in 700 stacks. And until the server binds it, anybody's
+    bind(0) or connect() may take it. So the port is drawn outside the ephemeral range,
+    where the kernel never hands out ports by itself, and never one this process handed
+    out before."""
+    low, high = ephemeral_port_range()
+    pool: list[int] = [p for p in (*range(PORT_FLOOR, low), *range(high + 1, 65536))
+                       if p not in _ports_handed_out]
+    for port in _port_random.sample(pool, min(len(pool), 200)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue  # something listens there (or holds it): draw another
+        _ports_handed_out.add(port)
         return port
+    # No room outside the ephemeral range (a machine configured so): the kernel's pick,
+    # still never a port handed out before.
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def _preexec(owned: bool, as_user: pwd.struct_passwd | None) -> Callable[[], None]:
@@ -452,8 +491,9 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
     service_ip = slot.kubernetes_service_ip if slot else "10.0.0.1"
     _make_pki(host, service_ip)
     pki = STATE / "pki"
-    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    kafka_port, kafka_ctl, pg_port = free_port(), free_port(), free_port()
+    etcd_port, etcd_peer, kafka_ctl = free_port(), free_port(), free_port()
+    # Servers on the node's address: probed there.
+    api_port, kafka_port, pg_port = free_port(host), free_port(host), free_port(host)
     phases.mark("pki")
 
     _start("etcd", [
@@ -545,8 +585,9 @@ def _start_node(slot: node.Slot, server: str, owned: bool, procs: list[Proc]) ->
         "kubelet": _write_kubeconfig(server, "kubelet-client", "kubelet.kubeconfig"),
         "kube-proxy": _write_kubeconfig(server, "kube-proxy", "kube-proxy.kubeconfig"),
     }
-    ports = {name: free_port() for name in
-             ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics")}
+    ports = {"kubelet": free_port(slot.node_ip),  # the kubelet serves on the node's address
+             **{name: free_port() for name in
+                ("kubelet_healthz", "proxy_healthz", "proxy_metrics")}}
     built = build_images()
     configs = node.write_configs(slot, STATE, pki, kubeconfigs, built["pause"].ref,
                                  CONTAINERD_ROOT / str(slot.index), ports)
