@@ -14,11 +14,14 @@ from kcg_operator.api.models import (
     CREDENTIAL_CONSUMER_KEYS,
     MANAGED_CONSUMER_KEYS,
     DeliverySemantics,
+    InvalidKafkaConsumerGroup,
     KafkaConsumerGroup,
     RebalanceProtocol,
     parse_kafka_consumer_group,
 )
 from kcg_operator.workload.consumer_config import (
+    CLASSIC_DEFAULT_PROPERTIES,
+    DEFAULT_PROPERTIES,
     ConsumerConfigError,
     build_consumer_config,
     enforced_properties,
@@ -146,7 +149,7 @@ def test_auth_secret_must_not_hold_managed_keys() -> None:
         build_consumer_config(kcg, {"group.id": "x"})
 
 
-_keys = st.from_regex(r"\A[a-z]{1,6}(\.[a-z]{1,6}){0,2}\Z").filter(
+_plain_keys = st.from_regex(r"\A[a-z]{1,6}(\.[a-z]{1,6}){0,2}\Z").filter(
     lambda k: (
         k not in MANAGED_CONSUMER_KEYS
         and k not in CREDENTIAL_CONSUMER_KEYS
@@ -155,29 +158,104 @@ _keys = st.from_regex(r"\A[a-z]{1,6}(\.[a-z]{1,6}){0,2}\Z").filter(
     )
 )
 _values = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)
+# Keys a user may write and the operator accepts, with either protocol: the operator's
+# overridable defaults and any other property. Classic-only tuning is accepted with the
+# classic protocol only.
+_accepted_keys = st.one_of(
+    st.sampled_from(sorted(DEFAULT_PROPERTIES)),
+    st.sampled_from(sorted(CLASSIC_DEFAULT_PROPERTIES)),
+    st.sampled_from(sorted(CLASSIC_ONLY_CONSUMER_KEYS)),
+    _plain_keys,
+)
+# Keys the README's "Refused at apply time" table refuses: the managed ones (including
+# metadata.broker.list and group.instance.id, which the operator never writes) and
+# credentials by name and by suffix; with the consumer protocol, classic-only tuning too.
+_refused_keys = st.one_of(
+    st.sampled_from(sorted(MANAGED_CONSUMER_KEYS)),
+    st.sampled_from(sorted(CREDENTIAL_CONSUMER_KEYS)),
+    _plain_keys.map(lambda k: k + ".password"),
+    _plain_keys.map(lambda k: k + ".secret"),
+)
 
 
-@settings(max_examples=80, deadline=None)
+def _bypassing_admission(kcg: KafkaConsumerGroup, user: dict[str, str]) -> KafkaConsumerGroup:
+    """`kcg` with consumerConfig set as if stored before a rule existed (no validation)."""
+    return kcg.model_copy(
+        update={"spec": kcg.spec.model_copy(update={"consumer_config": user})}
+    )
+
+
+@settings(max_examples=120, deadline=None)
 @given(
-    user=st.dictionaries(_keys, _values, max_size=10),
+    data=st.data(),
     semantics=st.sampled_from(list(DeliverySemantics)),
     protocol=st.sampled_from(list(RebalanceProtocol)),
 )
-def test_enforced_keys_always_present_and_win(
-    user: dict[str, str], semantics: DeliverySemantics, protocol: RebalanceProtocol
+def test_user_keys_override_the_defaults_and_the_enforced_keys_are_always_set(
+    data: st.DataObject, semantics: DeliverySemantics, protocol: RebalanceProtocol
 ) -> None:
-    kcg = make_kcg(
-        consumerConfig=user, deliverySemantics=semantics.value, rebalanceProtocol=protocol.value
-    )
+    classic = protocol is RebalanceProtocol.CLASSIC
+    keys = _accepted_keys if classic else _accepted_keys.filter(
+        lambda k: k not in CLASSIC_ONLY_CONSUMER_KEYS)
+    user = data.draw(st.dictionaries(keys, _values, max_size=10), label="consumerConfig")
+    kcg = make_kcg(consumerConfig=user, deliverySemantics=semantics.value,
+                   rebalanceProtocol=protocol.value)
     props = build_consumer_config(kcg).consumer
-    for key, value in enforced_properties(kcg).items():
-        assert props[key] == value
-    for key, value in user.items():
-        assert props[key] == value
+    # Defaults, then the user's keys, then the enforced ones (which no accepted key names:
+    # the refusal test below shows a managed key is refused, never silently overridden).
+    assert props == {
+        "auto.offset.reset": "earliest",
+        "max.poll.interval.ms": "300000",
+        "socket.keepalive.enable": "true",
+        **({"session.timeout.ms": "45000", "heartbeat.interval.ms": "3000"} if classic else {}),
+        **user,
+        "bootstrap.servers": "kafka:9092",
+        "group.id": "orders",
+        "group.protocol": protocol.value,
+        "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "isolation.level": "read_committed",
+        **({"partition.assignment.strategy": "cooperative-sticky"} if classic else {}),
+    }
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    data=st.data(),
+    semantics=st.sampled_from(list(DeliverySemantics)),
+    protocol=st.sampled_from(list(RebalanceProtocol)),
+)
+def test_a_managed_key_is_refused_and_named_never_overridden(
+    data: st.DataObject, semantics: DeliverySemantics, protocol: RebalanceProtocol
+) -> None:
+    refusing = _refused_keys if protocol is RebalanceProtocol.CLASSIC else st.one_of(
+        _refused_keys, st.sampled_from(sorted(CLASSIC_ONLY_CONSUMER_KEYS)))
+    refused = data.draw(st.dictionaries(refusing, _values, min_size=1, max_size=4),
+                        label="refused keys")
+    accepted = data.draw(st.dictionaries(_plain_keys, _values, max_size=4),
+                         label="other keys")
+    user = {**accepted, **refused}
+    # Refused when parsed (as at admission), and again by the renderer for an object
+    # stored before a rule existed: nothing is rendered, every refused key is named.
+    with pytest.raises(InvalidKafkaConsumerGroup) as parsed:
+        make_kcg(consumerConfig=user, deliverySemantics=semantics.value,
+                 rebalanceProtocol=protocol.value)
+    base = make_kcg(deliverySemantics=semantics.value, rebalanceProtocol=protocol.value)
+    with pytest.raises(ConsumerConfigError) as built:
+        build_consumer_config(_bypassing_admission(base, user))
+    classic_only = [k for k in refused if k in CLASSIC_ONLY_CONSUMER_KEYS]
+    for key in refused:
+        named = (".password or .secret" if key.endswith((".password", ".secret"))
+                 and key not in CREDENTIAL_CONSUMER_KEYS else key)
+        assert named in str(built.value)
+        # The parser checks the protocol's keys only once the per-key rules pass, so a
+        # classic-only key is named there when it is all that is wrong.
+        if key not in CLASSIC_ONLY_CONSUMER_KEYS or len(classic_only) == len(refused):
+            assert named in str(parsed.value)
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.dictionaries(_keys, _values.map(str.strip), max_size=10))
+@given(st.dictionaries(_plain_keys, _values.map(str.strip), max_size=10))
 def test_properties_file_round_trips_through_the_example_app(props: dict[str, str]) -> None:
     text = properties_text(props, ("header", ""))
     path = _tmp_file(text)
