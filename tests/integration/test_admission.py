@@ -147,3 +147,42 @@ def test_bad_input_is_refused_at_apply_time_naming_the_field(
     for fragment in expected:
         assert fragment in proc.stderr, proc.stderr
     assert kubectl("get", "kcg", "-n", namespace, "-o", "name").stdout == ""
+
+
+def _apply(kubectl: Any, namespace: str, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))  # type: ignore[no-any-return]
+
+
+def _group_id(kubectl: Any, namespace: str, name: str) -> str:
+    return str(kubectl("get", "kcg", name, "-n", namespace,
+                       "-o", "jsonpath={.spec.groupId}").stdout)
+
+
+@pytest.mark.parametrize(("before", "after"), [("orders-v1", "orders-v2"), (None, "orders-v2"),
+                                               ("orders-v1", None)],
+                         ids=["changed", "added", "removed"])
+def test_group_id_is_immutable_at_the_apiserver(
+    kubectl: Any, namespace: str, before: str | None, after: str | None
+) -> None:
+    """README: spec.groupId is immutable (another id is another group, without its offsets)."""
+    def body(group_id: str | None, replicas: int) -> dict[str, Any]:
+        out = copy.deepcopy(VALID)
+        out["spec"]["replicas"] = replicas
+        if group_id is not None:
+            out["spec"]["groupId"] = group_id
+        return out
+
+    created = _apply(kubectl, namespace, body(before, 1))
+    assert created.returncode == 0, created.stderr
+    # Other fields still change freely, with the group id as it was.
+    unchanged = _apply(kubectl, namespace, body(before, 2))
+    assert unchanged.returncode == 0, unchanged.stderr
+
+    refused = _apply(kubectl, namespace, body(after, 3))
+    assert refused.returncode != 0, f"accepted: {refused.stdout}"
+    assert "spec.groupId is immutable" in refused.stderr, refused.stderr
+    assert "create a new KafkaConsumerGroup instead" in refused.stderr, refused.stderr
+    # Nothing of the refused update was stored.
+    assert _group_id(kubectl, namespace, "probe") == (before or "")
+    replicas = kubectl("get", "kcg", "probe", "-n", namespace, "-o", "jsonpath={.spec.replicas}")
+    assert replicas.stdout == "2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,10 +45,20 @@ def test_one_client_sweeps_many_groups_and_notices_a_growing_topic(
         assert snap.missing_topics == ("no-such-topic",)
 
     admin.create_partitions([NewPartitions(topic, 5)])[topic].result()
-    time.sleep(0.5)
+    # The broker's metadata shows the new partitions to a client that never saw the topic;
+    # the collector, which cached nothing, sees them at its next sweep.
+    _until(lambda: len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(
+        topic, timeout=5).topics[topic].partitions) == 5, "the broker to report 5 partitions")
     grown = collector.sweep(key, requests[:1])[groups[0]]
     assert grown.partitions == 5, "a topic that grows is noticed within one sweep"
     assert collector.clusters == 1
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_an_unreachable_broker_is_reported_not_raised() -> None:
