@@ -1,12 +1,14 @@
 """bench-sweep: lag collection for 1 000 KafkaConsumerGroups on one cluster.
 
 Real apiserver, real broker, real operator (`kcg run` as a child process). Compared in the
-same run with one-client-per-object collection (KEDA's model: each ScaledObject owns a
-Kafka client and asks for its own group's offsets).
+same run with one-client-per-object collection as KEDA's Kafka scaler does it: each
+ScaledObject owns a librdkafka client and, every poll, asks for its topic's metadata, its
+group's committed offsets and the partitions' end offsets; every object's scale loop runs
+concurrently. The baseline runs in a child process, so its memory is measured on its own.
 
 Measured:
 - one full lag sweep of all groups, with the operator's collector (one shared admin client)
-  and with one admin client per object (concurrent, 32 at a time);
+  and with one client per object, all objects at once;
 - open TCP connections to the broker while each is in use;
 - the operator's RSS and its broker connections once it serves every object;
 - API writes per minute in steady state (nothing changes), counted by the operator and,
@@ -129,20 +131,49 @@ def time_shared_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[flo
     return statistics.median(times), connections
 
 
-def time_per_object_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[float, int]:
-    """One admin client per object, each sweeping its own group, 32 in flight."""
-    collectors = [LagCollector(timeout_s=60) for _ in requests]
-    key = ClusterKey.of(bootstrap)
-    with ThreadPoolExecutor(32) as pool:
-        pairs = list(zip(collectors, requests, strict=True))
-        list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), pairs))
-        started = time.perf_counter()
-        results = list(pool.map(lambda cr: cr[0].sweep(key, [cr[1]]), pairs))
-        elapsed = time.perf_counter() - started
-    assert all(s.broker_ok for r in results for s in r.values()), "per-object sweep failed"
-    connections = broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1]))
-    del collectors
-    return elapsed, connections
+def keda_style_poll(admin: AdminClient, group: str, topic: str) -> int:
+    """What KEDA's Kafka scaler asks per ScaledObject and poll, with that object's own
+    client: the topic's partitions (metadata), the group's committed offsets (OffsetFetch)
+    and the partitions' end offsets (ListOffsets); returns the group's total lag."""
+    meta = admin.list_topics(topic, timeout=60).topics[topic]
+    tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+    committed_f = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=60)[group]
+    ends_f = admin.list_offsets({tp: LATEST for tp in tps}, request_timeout=60)
+    committed = {(tp.topic, tp.partition): tp.offset
+                 for tp in committed_f.result(60).topic_partitions}
+    total = 0
+    for tp, fut in ends_f.items():
+        total += max(fut.result(60).offset - max(committed[(tp.topic, tp.partition)], 0), 0)
+    return total
+
+
+def keda_baseline_worker(bootstrap: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """In its own process (so its memory is its own): one librdkafka client per object,
+    every object polled concurrently (KEDA runs one scale loop per ScaledObject)."""
+    base_rss = rss_mb(os.getpid())
+    admins = [AdminClient({"bootstrap.servers": bootstrap, "log_level": 2}) for _ in pairs]
+    work = list(zip(admins, pairs, strict=True))
+    with ThreadPoolExecutor(len(work)) as pool:
+        list(pool.map(lambda a: keda_style_poll(a[0], *a[1]), work))  # connect, warm up
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            list(pool.map(lambda a: keda_style_poll(a[0], *a[1]), work))
+            times.append(time.perf_counter() - started)
+    return {"seconds": statistics.median(times),
+            "connections": broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1])),
+            "rss_mb": round(rss_mb(os.getpid()) - base_rss, 1),
+            "threads": len(os.listdir(f"/proc/{os.getpid()}/task"))}
+
+
+def time_per_object_sweep(bootstrap: str, requests: list[GroupRequest]) -> dict[str, Any]:
+    """The one-client-per-object baseline, in a child process (see keda_baseline_worker)."""
+    pairs = [(r.group_id, r.topics[0]) for r in requests]
+    out = subprocess.run([sys.executable, __file__, "--keda-baseline", bootstrap],
+                         input=json.dumps(pairs), capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def apiserver_mutations(state: dict[str, Any]) -> dict[str, float]:
@@ -257,7 +288,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--steady-seconds", type=int, default=60)
+    parser.add_argument("--keda-baseline", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.keda_baseline:
+        print(json.dumps(keda_baseline_worker(args.keda_baseline, json.load(sys.stdin))))
+        return 0
 
     state = localstack.read_state()
     owned = state is None
@@ -279,7 +314,8 @@ def main() -> int:
         requests = [GroupRequest(g, (topics[i % TOPICS],)) for i, g in enumerate(groups)]
         shared_s, shared_conns = time_shared_sweep(bootstrap, requests)
         print(f"shared sweep {shared_s:.3f}s; per-object sweep ...", file=sys.stderr)
-        base_s, base_conns = time_per_object_sweep(bootstrap, requests)
+        baseline = time_per_object_sweep(bootstrap, requests)
+        base_s, base_conns = baseline["seconds"], baseline["connections"]
         print("starting the operator on 1 000 objects ...", file=sys.stderr)
         log = Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "operator.log"
         op = run_operator(api, state, bootstrap, ns, topics, groups, args.steady_seconds, log)
@@ -294,7 +330,9 @@ def main() -> int:
         ("broker connections during sweeps", str(shared_conns), str(base_conns)),
         ("operator broker connections (serving all)", str(op["operator_broker_connections"]),
          "-"),
-        ("operator RSS (MB)", str(op["rss_mb"]), "-"),
+        ("operator RSS (MB) / baseline clients' RSS (MB)", str(op["rss_mb"]),
+         str(baseline["rss_mb"])),
+        ("threads (baseline: one scale loop per object)", "-", str(baseline["threads"])),
         ("API writes/min, steady state (operator)", str(op["api_writes_per_min"]), "-"),
         ("API mutations/min, steady state (apiserver, all clients)",
          str(op["apiserver_mutations_per_min_all_clients"]), "-"),
@@ -318,6 +356,7 @@ def main() -> int:
         "operator_mean_sweep_seconds": op["operator_mean_sweep_seconds"],
         "baseline_sweep_seconds": round(base_s, 3),
         "baseline_broker_connections": base_conns,
+        "baseline_rss_mb": baseline["rss_mb"],
     }))
     return 0
 
