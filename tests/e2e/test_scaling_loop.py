@@ -22,6 +22,8 @@ PARTITIONS = 6
 RATE_PER_CONSUMER = 150  # messages/s each consumer pod processes
 BURST = 9000
 STABILIZATION_SECONDS = 12
+# Nothing listens on port 9 (discard) of loopback here: connection refused.
+UNREACHABLE = "127.0.0.1:9"
 
 
 def _status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
@@ -39,6 +41,27 @@ def _running_pods(api: client.ApiClient, ns: str, name: str) -> list[client.V1Po
         ns, label_selector=f"kcg.dev/group={name}").items
     return [p for p in pods
             if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+
+
+class SweepCounter:
+    """Lag sweeps of one Kafka cluster by the operator, from its metrics: the count of
+    kcg_lag_sweep_duration_seconds (one observation per sweep), since this was made."""
+
+    def __init__(self, operator: RunningOperator, bootstrap: str) -> None:
+        self.operator = operator
+        self.series = f'kcg_lag_sweep_duration_seconds_count{{cluster="{bootstrap}"}} '
+        self.start = self.now()
+
+    def now(self) -> int:
+        for line in self.operator.metrics().splitlines():
+            if line.startswith(self.series):
+                return int(float(line.removeprefix(self.series)))
+        return 0
+
+    def since_start(self) -> int:
+        count = self.now()
+        assert count >= self.start, "the operator's counters restarted (the operator did)"
+        return count - self.start
 
 
 def consumer_group_body(name: str, topic: str, bootstrap: str, image: str,
@@ -170,8 +193,7 @@ def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
         "metadata": {"name": name},
         "spec": {
             "topics": ["orders"],
-            # Nothing listens on port 9 (discard) of loopback here: connection refused.
-            "kafka": {"bootstrapServers": "127.0.0.1:9"},
+            "kafka": {"bootstrapServers": UNREACHABLE},
             "scaling": {"minReplicas": 1, "maxReplicas": 6, "pollIntervalSeconds": 2},
             "template": {"spec": {"containers": [{"name": "c", "image": "example/app:1"}]}},
         },
@@ -187,7 +209,12 @@ def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
                 and conditions.get("Scaling", {}).get("reason") == "BrokerUnreachable")
 
     eventually(unreachable, timeout=60, what="KafkaUnreachable and BrokerUnreachable")
-    time.sleep(6)  # three more polls: none may lower the replicas
+    # Two more whole polls of the group, neither of which may lower the replicas. Each poll
+    # is one sweep of the group's cluster (no other group names that broker), which waits
+    # for the request timeout (10 s) here, and a pass decides and scales before the next
+    # sweep starts: three more sweeps, two whole polls.
+    polls = SweepCounter(operator, UNREACHABLE)
+    eventually(lambda: polls.since_start() >= 3, timeout=90, what="two more whole polls")
     assert apps.read_namespaced_deployment(name, ns).spec.replicas == 4
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     warnings = [e for e in events if e.reason == "BrokerUnreachable"]
