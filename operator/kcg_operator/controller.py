@@ -148,6 +148,8 @@ class Controller:
         failed_before = self.collector.requests_failed
         auth = groups[0][1].auth
         snaps = self.collector.sweep(cluster, requests, auth=auth)
+        metrics.kafka_up.labels(cluster.bootstrap_servers).set(
+            int(any(s.broker_ok for s in snaps.values())))
         mine: list[tuple[Key, GroupObject, GroupSnapshot]] = []
         wanted: list[tuple[PartitionKey, int]] = []
         for key, obj in groups:
@@ -313,11 +315,28 @@ class Controller:
             metrics.partition_lag.labels(*series).set(p.lag)
             if p.seconds is not None:
                 metrics.partition_lag_seconds.labels(*series).set(p.seconds)
-        if observed.snap.broker_ok:
+            verdict = observed.statuses.get((topic, partition))
+            if verdict is not None:
+                metrics.partition_status.labels(*series).set(metrics.STATUS_CODES[verdict])
+        snap = observed.snap
+        if snap.broker_ok:
             metrics.group_total_lag.labels(*labels).set(observed.total_lag)
             metrics.group_max_lag_seconds.labels(*labels).set(observed.max_seconds or 0.0)
-        if observed.decision is not None:
-            metrics.desired_replicas.labels(*labels).set(observed.decision.desired)
+            metrics.group_partitions.labels(*labels).set(snap.partitions)
+            metrics.group_members.labels(*labels).set(len(snap.members))
+        compliant = observed.rebalance_compliant
+        if compliant is not None:
+            metrics.rebalance_compliant.labels(*labels).set(int(compliant))
+        scaling = kcg.spec.scaling
+        if scaling is not None and scaling.max_time_lag_seconds is not None:
+            metrics.slo_seconds.labels(*labels).set(scaling.max_time_lag_seconds)
+        decision = observed.decision
+        if decision is not None:
+            metrics.desired_replicas.labels(*labels).set(decision.desired)
+            if decision.production_rate is not None:
+                metrics.production_rate.labels(*labels).set(decision.production_rate)
+            if decision.per_replica_rate is not None:
+                metrics.replica_rate.labels(*labels).set(decision.per_replica_rate)
         if observed.current is not None:
             metrics.current_replicas.labels(*labels).set(observed.current)
 

@@ -33,16 +33,48 @@ sweep_duration = Histogram(
 kafka_request_errors = Counter(
     "kcg_kafka_request_errors_total", "Kafka admin requests that failed.", ("cluster",))
 groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
+partition_status = Gauge(
+    "kcg_consumergroup_partition_status",
+    "Burrow's verdict on a partition, as Burrow numbers it: 1 OK, 2 WARN, 3 ERR, 4 STOP, "
+    "5 STALL, 6 REWIND.", (*GROUP_LABELS, "topic", "partition"))
+group_partitions = Gauge(
+    "kcg_consumergroup_partitions", "Partitions of the group's topics (the replica cap).",
+    GROUP_LABELS)
+group_members = Gauge(
+    "kcg_consumergroup_members", "Members of the group, as the broker describes it.",
+    GROUP_LABELS)
+slo_seconds = Gauge(
+    "kcg_consumergroup_max_time_lag_target_seconds",
+    "spec.scaling.maxTimeLagSeconds of the group (absent when not set).", GROUP_LABELS)
+production_rate = Gauge(
+    "kcg_consumergroup_production_rate",
+    "Messages per second produced to the group's partitions, as the policy measured them.",
+    GROUP_LABELS)
+replica_rate = Gauge(
+    "kcg_consumergroup_replica_rate",
+    "Messages per second one replica consumes, as the policy measured it.", GROUP_LABELS)
+rebalance_compliant = Gauge(
+    "kcg_consumergroup_rebalance_compliant",
+    "1 when the group's assignor is compliant, 0 when not (absent while unknown).",
+    GROUP_LABELS)
+kafka_up = Gauge(
+    "kcg_kafka_up", "1 when the cluster answered the last lag sweep, 0 when not.",
+    ("cluster",))
+#: Burrow's numbering of statuses (core/protocol/evaluator.go), for the status metric.
+STATUS_CODES = {"NOTFOUND": 0, "OK": 1, "WARN": 2, "ERR": 3, "STOP": 4, "STALL": 5,
+                "REWIND": 6}
 
 
 def forget_group(namespace: str, name: str, group: str,
                  partitions: Iterable[tuple[str, str]] = ()) -> None:
     """Drop a deleted group's series so dashboards and alerts do not show ghosts."""
-    for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas):
+    for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas,
+                  group_partitions, group_members, slo_seconds, production_rate,
+                  replica_rate, rebalance_compliant):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
     for topic, partition in partitions:
-        for series in (partition_lag, partition_lag_seconds):
+        for series in (partition_lag, partition_lag_seconds, partition_status):
             with contextlib.suppress(KeyError):
                 series.remove(namespace, name, group, topic, partition)
 api_writes = Counter(

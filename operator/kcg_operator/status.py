@@ -51,6 +51,10 @@ class Observed:
         return None if known is None else round(known, 1)
 
     @property
+    def rebalance_compliant(self) -> bool | None:
+        return compliance(self.snap)
+
+    @property
     def group_status(self) -> str:
         return health.group_status(self.statuses.values()) if self.statuses else health.OK
 
@@ -89,10 +93,21 @@ def rebalance_condition(
         gen, previous)
 
 
+def compliance(snap: GroupSnapshot) -> bool | None:
+    """Whether the group rebalances the way the operator enforces; None while it cannot
+    be told (no answer, no members, or mid-rebalance, when the broker names no protocol)."""
+    if not snap.broker_ok:
+        return None
+    if snap.group_type == "CONSUMER":
+        return True
+    if not snap.members or snap.state != "STABLE":
+        return None
+    return snap.assignor == COMPLIANT_ASSIGNOR
+
+
 def wrong_assignor(snap: GroupSnapshot) -> bool:
     """A stable classic group whose members agreed on an assignor other than ours."""
-    return (snap.broker_ok and snap.group_type != "CONSUMER" and bool(snap.members)
-            and snap.state == "STABLE" and snap.assignor != COMPLIANT_ASSIGNOR)
+    return compliance(snap) is False
 
 
 def outbox_condition(replicas: tuple[int, int] | None, generation: int | None,

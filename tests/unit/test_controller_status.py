@@ -334,6 +334,12 @@ def test_status_metrics_and_policy_read_one_lag_per_partition() -> None:
     assert _sample("kcg_consumergroup_group_max_lag_seconds", **labels) == 60.0
     scaling = _conditions(status)["Scaling"]["message"]
     assert "lag 8 over 5/replica" in scaling  # the policy saw the same 8 messages
+    # What alerts and dashboards need beside the lag, from the same check.
+    assert _sample("kcg_consumergroup_partitions", **labels) == status["partitions"] == 2
+    assert _sample("kcg_consumergroup_members", **labels) == len(status["members"]) == 1
+    assert _sample("kcg_consumergroup_rebalance_compliant", **labels) == 1
+    assert _sample("kcg_consumergroup_partition_status", **labels, topic="orders",
+                   partition="1") == 1  # Burrow's number for OK
     assert status["desiredReplicas"] == 2 == kube.scaled[-1]
 
 
