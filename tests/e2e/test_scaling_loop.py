@@ -27,9 +27,20 @@ UNREACHABLE = "127.0.0.1:9"
 
 
 def _status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        "kcg.dev", "v1alpha1", ns, "kafkaconsumergroups", name)
+    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "kcg.dev", "v1alpha1", ns, "kafkaconsumergroups", name)  # type: ignore[assignment]
     return dict(obj.get("status") or {})
+
+
+def _replicas(apps: client.AppsV1Api, ns: str, name: str) -> int:
+    """The Deployment's spec.replicas."""
+    spec = apps.read_namespaced_deployment(name, ns).spec
+    assert spec is not None and spec.replicas is not None
+    return spec.replicas
+
+
+def _name(obj: Any) -> str:
+    return str(obj.metadata.name)
 
 
 def _group(admin: AdminClient, group: str) -> Any:
@@ -40,7 +51,8 @@ def _running_pods(api: client.ApiClient, ns: str, name: str) -> list[client.V1Po
     pods = client.CoreV1Api(api).list_namespaced_pod(
         ns, label_selector=f"kcg.dev/group={name}").items
     return [p for p in pods
-            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+            if p.status is not None and p.status.phase == "Running"
+            and p.metadata is not None and p.metadata.deletion_timestamp is None]
 
 
 class SweepCounter:
@@ -109,7 +121,8 @@ def test_consumer_pods_scale_with_lag_within_the_partitions_and_leave_cleanly(
     assert desc.partition_assignor == "cooperative-sticky"
     # The member is the pod (its address), which the kubelet reports Running soon after.
     hosts = {m.host.lstrip("/") for m in desc.members}
-    eventually(lambda: hosts <= {p.status.pod_ip for p in _running_pods(kube_api, ns, name)},
+    eventually(lambda: hosts <= {p.status.pod_ip for p in _running_pods(kube_api, ns, name)
+                                 if p.status is not None},
                timeout=30, what=f"the member {hosts} to be a Running pod of the group")
     eventually(lambda: len(_status(kube_api, ns, name).get("members") or []) == 1,
                timeout=30, what="status.members to list the one member")
@@ -127,7 +140,7 @@ def test_consumer_pods_scale_with_lag_within_the_partitions_and_leave_cleanly(
     def watch(want: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
         def check() -> bool:
             nonlocal max_members
-            seen_replicas.append(int(apps.read_namespaced_deployment(name, ns).spec.replicas))
+            seen_replicas.append(_replicas(apps, ns, name))
             sampled.append((time.monotonic(), seen_replicas[-1]))
             status = _status(kube_api, ns, name)
             max_members = max(max_members, len(status.get("members") or []))
@@ -139,11 +152,11 @@ def test_consumer_pods_scale_with_lag_within_the_partitions_and_leave_cleanly(
     if isinstance(operator, OperatorPod):
         # Deleted mid-scale: its Deployment brings it back, and the new one resumes
         # without scaling down before a whole stabilization window has passed.
-        old = operator.pod().metadata.name
-        before = int(apps.read_namespaced_deployment(name, ns).spec.replicas)
+        old = _name(operator.pod())
+        before = _replicas(apps, ns, name)
         deleted = time.monotonic()
         client.CoreV1Api(kube_api).delete_namespaced_pod(old, operator.namespace)
-        eventually(lambda: operator.pods() and operator.pod().metadata.name != old,
+        eventually(lambda: operator.pods() and _name(operator.pod()) != old,
                    timeout=60, what="a new operator pod")
         operator.wait_ready()
         restart = (deleted, time.monotonic() + STABILIZATION_SECONDS, before)
@@ -177,7 +190,7 @@ def test_consumer_pods_scale_with_lag_within_the_partitions_and_leave_cleanly(
     assert status["partitions"] == PARTITIONS and status["desiredReplicas"] == 1
     events = [e for e in client.CoreV1Api(kube_api).list_namespaced_event(ns).items
               if e.reason == "Scaled" and e.involved_object.name == name]
-    assert any("scaled 1→" in e.message for e in events), [e.message for e in events]
+    assert any("scaled 1→" in (e.message or "") for e in events), [e.message for e in events]
     metrics = operator.metrics()
     assert f'kcg_desired_replicas{{group="{group_id}",name="{name}",namespace="{ns}"}} 1.0' \
         in metrics
@@ -205,8 +218,8 @@ def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
 
     def unreachable() -> bool:
         conditions = {c["type"]: c for c in _status(kube_api, ns, name).get("conditions", [])}
-        return (conditions.get("Ready", {}).get("reason") == "KafkaUnreachable"
-                and conditions.get("Scaling", {}).get("reason") == "BrokerUnreachable")
+        return bool(conditions.get("Ready", {}).get("reason") == "KafkaUnreachable"
+                    and conditions.get("Scaling", {}).get("reason") == "BrokerUnreachable")
 
     eventually(unreachable, timeout=60, what="KafkaUnreachable and BrokerUnreachable")
     # Two more whole polls of the group, neither of which may lower the replicas. Each poll
@@ -215,8 +228,8 @@ def test_unreachable_broker_gives_a_condition_and_an_event_and_keeps_replicas(
     # sweep starts: three more sweeps, two whole polls.
     polls = SweepCounter(operator, UNREACHABLE)
     eventually(lambda: polls.since_start() >= 3, timeout=90, what="two more whole polls")
-    assert apps.read_namespaced_deployment(name, ns).spec.replicas == 4
+    assert _replicas(apps, ns, name) == 4
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     warnings = [e for e in events if e.reason == "BrokerUnreachable"]
     assert len(warnings) == 1 and warnings[0].type == "Warning"
-    assert "replicas are left as they are" in warnings[0].message
+    assert "replicas are left as they are" in (warnings[0].message or "")

@@ -35,7 +35,7 @@ VALID: dict[str, Any] = {
 
 def _with(path: str, value: Any) -> dict[str, Any]:
     body = copy.deepcopy(VALID)
-    node = body
+    node: Any = body
     *parents, leaf = path.split("/")
     for part in parents:
         node = node.setdefault(part, {}) if not part.isdigit() else node[int(part)]
@@ -124,7 +124,8 @@ def kubectl(stack: dict[str, Any]) -> Any:
 
     applied = run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     assert applied.returncode == 0, applied.stderr
-    api = config.new_client_from_config(config_file=str(stack["KUBECONFIG"]))
+    api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(stack["KUBECONFIG"]))
     try:
         wait_established(api)
     finally:

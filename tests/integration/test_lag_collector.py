@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in its __all__
+    AdminClient,
+    NewPartitions,
+    NewTopic,
+)
 
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, LagCollector
 
