@@ -73,6 +73,9 @@ def forget_group(namespace: str, name: str, group: str,
                   replica_rate, rebalance_compliant):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
+    for direction in ("up", "down"):
+        with contextlib.suppress(KeyError):
+            scale_events.remove(namespace, name, group, direction)
     for topic, partition in partitions:
         for series in (partition_lag, partition_lag_seconds, partition_status):
             with contextlib.suppress(KeyError):

@@ -183,8 +183,8 @@ def _lag_condition(observed: Observed, generation: int | None,
         + (f"; partitions: {', '.join(bad[:12])}" if bad else ""), generation, previous)
 
 
-def _scaling_condition(kcg: KafkaConsumerGroup, decision: Decision | None,
-                       generation: int | None,
+def _scaling_condition(kcg: KafkaConsumerGroup, snap: GroupSnapshot,
+                       decision: Decision | None, generation: int | None,
                        previous: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     if kcg.spec.scaling is None:
         return condition("Scaling", False, "Disabled",
@@ -194,6 +194,11 @@ def _scaling_condition(kcg: KafkaConsumerGroup, decision: Decision | None,
         return None
     if decision.paused:
         return condition("Scaling", False, "Paused", decision.reason, generation, previous)
+    if snap.broker_ok and snap.missing_topics:
+        # The policy held the replicas as on a broker error; say what really happened.
+        return condition("Scaling", False, "TopicNotFound",
+                         f"topics {', '.join(snap.missing_topics)} do not exist: keeping "
+                         f"{decision.desired} replicas", generation, previous)
     if not decision.broker_ok:
         return condition("Scaling", False, "BrokerUnreachable", decision.reason, generation,
                          previous)
@@ -269,7 +274,7 @@ def render_status(obj: GroupObject, observed: Observed | None,
         status["desiredReplicas"] = kcg.spec.replicas
     elif decision is not None:
         status["desiredReplicas"] = decision.desired
-    scaling = _scaling_condition(kcg, decision, generation, previous)
+    scaling = _scaling_condition(kcg, snap, decision, generation, previous)
     if scaling is not None:
         conditions.append(scaling)
     if kcg.spec.outbox is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -121,12 +120,6 @@ def wait_established(api: client.ApiClient, name: str = "kafkaconsumergroups.kcg
     eventually(established, timeout=60, what=f"CRD {name} to be established")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RunningOperator:
     """The operator under test, wherever it runs: its metrics and its log."""
 
@@ -144,7 +137,9 @@ class Operator(RunningOperator):
 
     def __init__(self, kubeconfig: str, args: list[str], log: Path,
                  env: dict[str, str] | None = None) -> None:
-        self.metrics_port, self.liveness_port = _free_port(), _free_port()
+        import localstack  # distinct ports, never the same one twice
+
+        self.metrics_port, self.liveness_port = localstack.free_port(), localstack.free_port()
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

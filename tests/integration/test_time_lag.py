@@ -66,3 +66,38 @@ def test_a_never_committed_group_gets_its_lag_from_the_log_start_and_its_age_fro
     latest = lagmath.partition_lags(snap.offsets, now_s=snap.time_s,
                                     log_starts=snap.log_starts, from_earliest=False)
     assert {p.lag for p in latest.values()} == {0}
+
+
+def test_a_backlog_older_than_the_history_gets_its_age_from_the_message(
+    stack: dict[str, Any], unique_name: str
+) -> None:
+    """A committed group behind by messages older than anything the operator has seen
+    (it just started): the history cannot say how old they are, the message can."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    bootstrap = str(stack["KAFKA_BOOTSTRAP_SERVERS"])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = unique_name
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+    producer = Producer({"bootstrap.servers": bootstrap})
+    now_ms = int(time.time() * 1000)
+    for i in range(100):  # one message per second, the last one 100 s ago
+        producer.produce(topic, value=b"x", partition=0, timestamp=now_ms - (200 - i) * 1000)
+    producer.flush(10)
+    group = f"{unique_name}-behind"
+    admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 60)])])[group].result()
+
+    collector = LagCollector()
+    key = ClusterKey.of(bootstrap)
+    snap = collector.sweep(key, [GroupRequest(group, (topic,))])[group]
+    history = {(topic, 0): [(100, snap.time_s)]}  # the operator's first look
+    wanted = lagmath.positions_to_read(snap.offsets, history=history)
+    assert wanted == [((topic, 0), 60)]
+    lags = lagmath.partition_lags(snap.offsets, now_s=snap.time_s, history=history,
+                                  produced_at=collector.produced_at(key, wanted))
+    assert lags[(topic, 0)].lag == 40
+    # Message 60 was produced 140 s ago; the history alone would have said 0 s.
+    assert lags[(topic, 0)].seconds == pytest.approx(140, abs=5)
+    assert lagmath.partition_lags(snap.offsets, now_s=snap.time_s,
+                                  history=history)[(topic, 0)].seconds == pytest.approx(0, abs=1)

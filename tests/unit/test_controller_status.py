@@ -361,3 +361,69 @@ def test_the_patched_count_holds_until_the_deployment_watch_shows_it() -> None:
     ctl.registry.deployment_seen(("shop", "orders"), (1, 1))  # someone scaled it back
     ctl.evaluate(("shop", "orders"), obj, lagging(130.0))
     assert kube.scaled == [2, 2]
+
+
+def _scaled_object(name: str = "orders") -> GroupObject:
+    body = _body(scaling={"minReplicas": 1, "maxReplicas": 4, "lagPerReplica": 5})
+    body["metadata"]["name"] = name
+    return GroupObject(body, parse_kafka_consumer_group(body),
+                       reconciled=_ready_object().reconciled)
+
+
+def test_a_deleted_group_leaves_no_series_behind() -> None:
+    from prometheus_client import REGISTRY
+
+    kube = _FakeKube()
+    registry = Registry()
+    registry.deployment_seen(("shop", "gone"), (1, 1))
+    ctl = Controller(kube, registry)  # type: ignore[arg-type]
+    snap = _snap(offsets={("orders", 0): (100, 0), ("orders", 1): (100, 0)})
+    ctl.evaluate(("shop", "gone"), _scaled_object("gone"), snap)
+    assert kube.scaled, "scaled, so a scale-event series exists too"
+
+    def series() -> list[str]:
+        return [s.name for m in REGISTRY.collect() for s in m.samples
+                if s.labels.get("name") == "gone"]
+
+    assert "kcg_scale_events_total" in series() and "kcg_consumergroup_group_lag" in series()
+    ctl.pass_once()  # the registry no longer has the object
+    assert series() == []
+    assert ("shop", "gone") not in ctl.states
+
+
+def test_a_missing_topic_holds_replicas_says_so_and_warns_once() -> None:
+    kube = _FakeKube()
+    ctl = _controller(kube, replicas=(3, 3))
+    for t in (100.0, 115.0, 130.0):
+        ctl.evaluate(("shop", "orders"), _scaled_object(),
+                     _snap(time_s=t, offsets={}, partition_counts={}, missing_topics=("orders",),
+                           members=()))
+    assert kube.scaled == []  # never scaled down (nor up) for a topic it cannot see
+    scaling = _conditions(kube.statuses[-1])["Scaling"]
+    assert (scaling["status"], scaling["reason"]) == ("False", "TopicNotFound")
+    assert "keeping 3 replicas" in scaling["message"]
+    assert [e[1] for e in kube.events] == ["TopicNotFound"]
+
+
+def test_a_wrong_assignor_is_posted_once_per_transition() -> None:
+    kube = _FakeKube()
+    ctl = _controller(kube)
+    for t, assignor in ((100.0, "range"), (115.0, "range"), (130.0, "range"),
+                        (145.0, "cooperative-sticky"), (160.0, "range")):
+        ctl.evaluate(("shop", "orders"), _ready_object(), _snap(time_s=t, assignor=assignor))
+    assert [e[1] for e in kube.events] == ["RebalanceNonCompliant"] * 2
+
+
+def test_long_lists_in_status_are_capped() -> None:
+    members = tuple(Member(f"m-{i}", f"app-{i}", "/10.0.0.1", (("orders", i),))
+                    for i in range(60))
+    snap = _snap(members=members, assignor="range",
+                 offsets={("orders", i): (10, 5) for i in range(20)},
+                 partition_counts={"orders": 20})
+    statuses = {("orders", i): "STALL" for i in range(20)}
+    status = render_status(_ready_object(), Observed(snap, statuses=statuses, current=1,
+                                                     ready=1, pods=HEALTHY), [])
+    assert len(status["members"]) == 50
+    conds = _conditions(status)
+    assert conds["RebalanceCompliant"]["message"].count("@/10.0.0.1") == 10
+    assert conds["LagHealthy"]["message"].count("=STALL") == 12

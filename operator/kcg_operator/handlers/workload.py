@@ -111,8 +111,7 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: Any, **_:
         Reconciled(generation, True, "Reconciled", message, deployment=deployment_name(kcg),
                    selector=status_selector(kcg)),
         cluster=ClusterKey.of(kcg.spec.kafka.bootstrap_servers, auth), auth=auth,
-        starts_from_earliest=workload.config.consumer.get("auto.offset.reset", "latest")
-        in ("earliest", "smallest"))
+        starts_from_earliest=workload.config.starts_from_earliest)
     kopf.info(body, reason="Applied", message=message)
 
 

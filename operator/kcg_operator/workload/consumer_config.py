@@ -102,6 +102,13 @@ class ConsumerConfig:
     header: tuple[str, ...] = field(default=())
     """Comment lines written at the top of each file."""
 
+    @property
+    def starts_from_earliest(self) -> bool:
+        """Whether a consumer starts a never-committed partition at its log start: then the
+        partition's whole retained log is lag (librdkafka's three names for it)."""
+        reset = self.consumer.get("auto.offset.reset", "latest").strip().lower()
+        return reset in ("earliest", "smallest", "beginning")
+
     def consumer_properties_text(self) -> str:
         return properties_text(self.consumer, self.header)
 
