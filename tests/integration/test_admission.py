@@ -110,6 +110,16 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
      ["spec.outbox.table"]),
     ("outbox-without-secret", _with("spec/outbox", {}), ["spec.outbox.databaseSecretRef"]),
 ]
+# The rules the README names below its table ("also enforced by the apiserver").
+UNLISTED: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("name-longer-than-a-label", {**VALID, "metadata": {"name": "n" * 64}},
+     ["metadata.name", "63"]),
+    ("container-without-image", _with(f"{CONTAINER}/image", DELETE),
+     ["image"]),
+    ("template-sets-the-group-label",
+     _with("spec/template/metadata", {"labels": {"kcg.dev/group": "other"}}),
+     ["kcg.dev/group"]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +148,8 @@ def test_the_valid_object_is_accepted(kubectl: Any, namespace: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("body,expected", [(b, e) for _, b, e in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("body,expected", [(b, e) for _, b, e in CASES + UNLISTED],
+                         ids=[c[0] for c in CASES + UNLISTED])
 def test_bad_input_is_refused_at_apply_time_naming_the_field(
     kubectl: Any, namespace: str, body: dict[str, Any], expected: list[str]
 ) -> None:
