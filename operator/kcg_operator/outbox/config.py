@@ -17,12 +17,13 @@ Routing and pacing
   OUTBOX_FETCH_SIZE           rows per SELECT inside a round (default 1000).
   OUTBOX_MAX_ROUND_MS         a round stops fetching after this long (default 250).
   OUTBOX_POLL_INTERVAL_MS     longest sleep between polls of an empty table; polling backs
-                              off from 1 ms up to this (default 100).
+                              off from 1 ms up to this (default 100); with a NOTIFY
+                              channel, how long to wait for a NOTIFY before polling anyway.
   OUTBOX_REBALANCE_INTERVAL_MS  how often relays re-balance shards (default 1000); also the
                               takeover delay after a relay dies.
-  OUTBOX_NOTIFY_CHANNEL       optional: LISTEN here and wake on NOTIFY; `--init-schema`
-                              then adds the statement-level trigger (see schema.py for why
-                              it is off by default).
+  OUTBOX_NOTIFY_CHANNEL       optional: LISTEN here; an idle relay then waits for a NOTIFY
+                              instead of polling; `--init-schema` adds the statement-level
+                              trigger (see schema.py for why it is off by default).
   OUTBOX_SHUTDOWN_GRACE_SECONDS  on SIGTERM, wait this long for in-flight acks (default 10).
 
 Kafka

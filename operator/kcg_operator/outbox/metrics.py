@@ -55,6 +55,18 @@ class RelayMetrics:
             f"{PREFIX}_ready", "1 when connected to PostgreSQL and Kafka (as /readyz).",
             registry=r,
         )
+        self.kafka_outages = Counter(
+            f"{PREFIX}_kafka_outages",
+            "Times the relay lost every broker connection after having had one.", registry=r,
+        )
+        self.empty_polls = Counter(
+            f"{PREFIX}_empty_polls", "Polls of the table that found no pending row.",
+            registry=r,
+        )
+        self.notify_wakeups = Counter(
+            f"{PREFIX}_notify_wakeups",
+            "Sleeps between polls cut short by a NOTIFY (OUTBOX_NOTIFY_CHANNEL).", registry=r,
+        )
         self.db_reconnects = Counter(
             f"{PREFIX}_database_reconnects", "Database sessions re-opened after one was lost.",
             registry=r,

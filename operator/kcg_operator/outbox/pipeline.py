@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -86,13 +85,25 @@ class RoundOutcome:
     retry: list[tuple[int, str]] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
 
-    @property
-    def settled(self) -> int:
-        return len(self.acked) + len(self.dead) + len(self.retry) + len(self.held)
+    def unsettled(self) -> set[int]:
+        """Seqs that failed one way or another (not acknowledged)."""
+        return ({d.seq for d in self.dead} | {seq for seq, _ in self.retry} | set(self.held))
+
+
+_OK: Final = "ok"
+_HELD: Final = "held"
 
 
 class Publisher:
-    """A Producer plus the bookkeeping of one round's rows."""
+    """A Producer plus the bookkeeping of one round's rows.
+
+    Only failures are reported back (delivery.report.only.error): a Python callback per
+    acknowledged message cost more than everything else the relay does per row. A round's
+    rows are acknowledged when the producer's queue is empty (every message has reached a
+    final state) and no failure was reported for them. A failure report names its row by
+    the `id` header (the event id); when several rows of the round share that id, all of
+    them count as failed, which can only keep a row pending, never drop one.
+    """
 
     def __init__(
         self,
@@ -112,12 +123,16 @@ class Publisher:
         self.fatal: str | None = None
         self.producer = self._new_producer()
         self.outcome = RoundOutcome()
-        self.produced = 0
-        self._topic_of: dict[int, str] = {}
+        self._sent: list[Row] = []
+        self._by_id: dict[str, list[int]] | None = None
+        # This round's verdict per topic: _OK, _HELD or the reason its name is invalid.
+        self._route: dict[str, str] = {}
 
     def _new_producer(self) -> Producer:
         conf: dict[str, Any] = dict(self._config)
         conf["error_cb"] = self._on_error
+        conf["on_delivery"] = self._on_delivery
+        conf["delivery.report.only.error"] = True
         return Producer(conf)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -178,92 +193,119 @@ class Publisher:
             self._missing[topic] = self._clock()
         return exists
 
+    def _route_of(self, topic: str) -> str:
+        """The round's verdict for `topic` (first row of the topic in the round only)."""
+        verdict: str
+        if topic in self.held_topics():
+            verdict = _HELD
+        else:
+            problem = self.router.problem(topic)
+            if problem is not None:
+                verdict = f"invalid topic: {problem}"
+            elif topic not in self._known and not self._topic_exists(topic):
+                verdict = _HELD
+            else:
+                verdict = _OK
+        self._route[topic] = verdict
+        return verdict
+
     # ------------------------------------------------------------------ a round
 
     def begin_round(self) -> None:
         self.outcome = RoundOutcome()
-        self.produced = 0
-        self._topic_of = {}
+        self._sent = []
+        self._by_id = None
+        self._route = {}
 
     def publish(self, rows: Iterable[Row]) -> None:
-        """Queue `rows` for sending, in order. Never waits for the broker."""
+        """Queue `rows` for sending, in order. Never waits for the broker.
+
+        The hot path of the relay: per row one dict lookup, one produce() and one append.
+        """
         producer = self.producer
-        router = self.router
-        # Reports of an abandoned round (the database went away mid-round) may still come
-        # in; tying each report to its round keeps them out of the current round's count.
-        delivered = partial(self._delivered, self.outcome)
-        held = self.held_topics()
-        for seq, event_id, aggregatetype, aggregateid, type_, payload in rows:
-            self.produced += 1
-            topic = router.topic(aggregatetype, aggregateid, type_)
-            if topic in held:
-                self.outcome.held.append(seq)
+        produce = producer.produce
+        route = self._route
+        sent = self._sent
+        outcome = self.outcome
+        default_route = self.router.is_default
+        topic_of = self.router.topic
+        for row in rows:
+            seq, event_id, aggregatetype, aggregateid, type_, payload = row
+            topic = aggregatetype if default_route else topic_of(aggregatetype, aggregateid,
+                                                                 type_)
+            verdict = route.get(topic) or self._route_of(topic)
+            if verdict is not _OK:
+                if verdict is _HELD:
+                    outcome.held.append(seq)
+                else:
+                    outcome.dead.append(DeadLetter(seq, topic, verdict))
                 continue
-            problem = router.problem(topic)
-            if problem is not None:
-                self.outcome.dead.append(DeadLetter(seq, topic, f"invalid topic: {problem}"))
-                continue
-            if topic not in self._known and not self._topic_exists(topic):
-                held.add(topic)
-                self.outcome.held.append(seq)
-                continue
-            self._topic_of[seq] = topic
             while True:
                 try:
-                    producer.produce(
-                        topic,
-                        payload,
-                        aggregateid,
-                        headers=[("id", event_id), ("type", type_)],
-                        on_delivery=partial(delivered, seq),
-                    )
+                    produce(topic, payload, aggregateid,
+                            headers={"id": event_id, "type": type_})
+                    sent.append(row)
                     break
                 except BufferError:
                     # librdkafka's queue is full: serve delivery reports to make room.
                     producer.poll(0.05)
                 except KafkaException as exc:
                     err: KafkaError = exc.args[0]
-                    self._settle_failed(seq, err)
+                    self._settle_failed([seq], topic, err)
                     break
         producer.poll(0)
 
-    def _delivered(
-        self, outcome: RoundOutcome, seq: int, err: KafkaError | None, _msg: object
-    ) -> None:
-        if outcome is not self.outcome:
-            return
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """A failure report (delivery.report.only.error): find the row by its event id."""
         if err is None:
-            outcome.acked.append(seq)
-        else:
-            self._settle_failed(seq, err)
+            return
+        event_id = next((value for name, value in (msg.headers() or []) if name == "id"), None)
+        if event_id is None:
+            return
+        if self._by_id is None:
+            self._by_id = {}
+            for row in self._sent:
+                self._by_id.setdefault(row[1], []).append(row[0])
+        # Reports of an abandoned round (the database went away mid-round) may still come
+        # in; a row of this round with the same event id is then kept pending, which is
+        # safe (it is sent again), and rows of no round are ignored.
+        seqs = self._by_id.get(event_id.decode() if isinstance(event_id, bytes) else event_id)
+        if seqs:
+            self._settle_failed(seqs, msg.topic(), err)
 
-    def _settle_failed(self, seq: int, err: KafkaError) -> None:
+    def _settle_failed(self, seqs: list[int], topic: str | None, err: KafkaError) -> None:
         verdict = classify(err.code(), err.fatal())
-        topic = self._topic_of.get(seq)
         outcome = self.outcome
         if verdict is Verdict.POISON:
-            outcome.dead.append(DeadLetter(seq, topic, describe_error(err)))
+            outcome.dead.extend(DeadLetter(seq, topic, describe_error(err)) for seq in seqs)
         elif verdict is Verdict.MISSING_TOPIC:
             if topic is not None:
                 self._known.discard(topic)
                 self._missing[topic] = self._clock()
-            outcome.held.append(seq)
+            outcome.held.extend(seqs)
         else:
-            outcome.retry.append((seq, describe_error(err)))
+            outcome.retry.extend((seq, describe_error(err)) for seq in seqs)
 
     @property
-    def outstanding(self) -> int:
-        return self.produced - self.outcome.settled
+    def sent(self) -> int:
+        return len(self._sent)
 
     def wait(self, keep_waiting: Callable[[], bool]) -> bool:
-        """Serve delivery reports until every row of the round has an outcome; False if
-        `keep_waiting` gave up first (stopping, or the round took too long)."""
-        while self.outstanding > 0:
-            # flush, not poll: it sends what lingers (linger.ms) right away, since nothing
-            # more is coming in this round.
-            self.producer.flush(0.05)
-            if self.outstanding > 0 and not keep_waiting():
+        """Serve reports until every message has reached a final state, then settle the
+        round: rows without a failure report are acknowledged. False if `keep_waiting`
+        gave up first (stopping, or a fatal error): then no row counts as acknowledged,
+        since without success reports it cannot be told which were."""
+        producer = self.producer
+        # flush, not poll: it sends what lingers (linger.ms) right away, since nothing
+        # more is coming in this round.
+        while producer.flush(0.05) > 0:
+            if not keep_waiting():
                 return False
+        failed = self.outcome.unsettled()
+        if failed:
+            self.outcome.acked = [row[0] for row in self._sent if row[0] not in failed]
+        else:
+            self.outcome.acked = [row[0] for row in self._sent]
         if self.outcome.acked:
             self._on_kafka_state(True, "")
         return True

@@ -8,14 +8,18 @@ The loop, one round at a time:
 
   1. every OUTBOX_REBALANCE_INTERVAL_MS: count the live relays, take or give up shards
      (shards.py) -- only here, between rounds, when nothing is in flight;
-  2. fetch the lowest pending rows of the owned shards and queue them in the producer,
-     fetching more while librdkafka sends (pipelining), up to OUTBOX_BATCH_SIZE rows or
-     OUTBOX_MAX_ROUND_MS;
+  2. fetch the lowest pending rows of the owned shards, from one snapshot, in slices
+     whose SELECTs are pipelined with queueing the previous slice in the producer, up to
+     OUTBOX_BATCH_SIZE rows or OUTBOX_MAX_ROUND_MS (claim.py; where the scan starts:
+     floor.py);
   3. flush: wait until every row has an outcome (pipeline.py);
-  4. one transaction deletes the acknowledged rows and moves refused ones to the
-     dead-letter table;
+  4. one statement (a transaction when rows are dead-lettered) deletes the acknowledged
+     rows and moves refused ones to the dead-letter table;
   5. no row found: sleep 1 ms, doubling up to OUTBOX_POLL_INTERVAL_MS (and to a tenth of
-     the time since the last row, so a short lull in traffic costs little latency).
+     the time since the last row, so a short lull in traffic costs little latency); with
+     OUTBOX_NOTIFY_CHANNEL, wait for a NOTIFY instead, OUTBOX_POLL_INTERVAL_MS at most.
+     Sleeps end at the next rebalance tick, so a long poll interval never delays taking
+     over a dead relay's shards.
 
 Crash safety: a row is deleted only after its acknowledgement, so a crash at any point
 leaves every unacknowledged row pending. What a crash can duplicate is what was
@@ -39,7 +43,7 @@ from typing import Final
 import psycopg
 from confluent_kafka import KafkaException
 
-from kcg_operator.outbox.claim import SEQ, DeadLetter, OutboxStore
+from kcg_operator.outbox.claim import DeadLetter, OutboxStore
 from kcg_operator.outbox.config import (
     ConfigError,
     RelayConfig,
@@ -107,6 +111,7 @@ class Relay:
         self._next_rebalance = 0.0
         self._next_kafka_check = 0.0
         self._poll_delay = 0.0
+        self._poll_at = 0.0
         self._published = 0
         self._round_started = 0.0
         self._sessions = 0
@@ -131,6 +136,8 @@ class Relay:
                 log.info("kafka reachable")
             else:
                 log.warning("kafka unreachable: %s", error)
+                if snapshot.kafka:
+                    self.metrics.kafka_outages.inc()
             self.health.update(kafka=ok, kafka_error=error)
 
     # ------------------------------------------------------------------ main loop
@@ -199,18 +206,44 @@ class Relay:
             # A standby: every shard is owned by other relays.
             self._stop.wait(min(self.config.rebalance_interval_seconds, 0.5))
             return
+        if now < self._poll_at:
+            # Still between polls: the sleep was cut short only for the rebalance tick.
+            self._sleep()
+            return
         progressed, full = self._round()
         if progressed:
             self._last_progress = self.clock()
-        self._poll_delay = 0.0 if full else next_poll_delay(
-            self._poll_delay, progressed, self.config.poll_interval_seconds,
-            self.clock() - self._last_progress,
-        )
-        if self._poll_delay > 0 and not self.stopping:
-            if self.config.notify_channel:
-                self.store.wait_for_notify(self._poll_delay)
-            else:
-                self._stop.wait(self._poll_delay)
+        if full:
+            self._poll_delay = 0.0
+        elif self.config.notify_channel and not progressed:
+            # A NOTIFY wakes the relay when rows commit: after an empty poll it waits for
+            # one, and the poll interval is only the safety net (a missing trigger).
+            self.metrics.empty_polls.inc()
+            self._poll_delay = self.config.poll_interval_seconds
+        else:
+            if not progressed:
+                self.metrics.empty_polls.inc()
+            self._poll_delay = next_poll_delay(
+                self._poll_delay, progressed, self.config.poll_interval_seconds,
+                self.clock() - self._last_progress,
+            )
+        self._poll_at = self.clock() + self._poll_delay
+        if self._poll_delay > 0:
+            self._sleep()
+
+    def _sleep(self) -> None:
+        """Sleep until the next poll, but wake for the next rebalance tick (so that a long
+        poll interval never delays taking over a dead relay's shards), on a NOTIFY when a
+        channel is set, and on stop."""
+        timeout = min(self._poll_at, self._next_rebalance) - self.clock()
+        if timeout <= 0 or self.stopping:
+            return
+        if self.config.notify_channel:
+            if self.store.wait_for_notify(timeout):
+                self.metrics.notify_wakeups.inc()
+                self._poll_at = 0.0
+        else:
+            self._stop.wait(timeout)
 
     def _rebalance(self) -> None:
         view = self.store.lock_view()
@@ -252,20 +285,21 @@ class Relay:
         assert publisher is not None
         config = self.config
         started = self._round_started = self.clock()
+        self.store.discard_notifies()
         publisher.begin_round()
-        after, fetched, full = 0, 0, False
-        while not self.stopping:
-            limit = min(config.fetch_size, config.batch_size - fetched)
-            rows = self.store.fetch(self.owned, after, limit, publisher.held_topics())
-            if rows:
-                publisher.publish(rows)
-                fetched += len(rows)
-                after = rows[-1][SEQ]
-            if len(rows) < limit:
-                break
-            if fetched >= config.batch_size or self.clock() - started >= config.max_round_seconds:
-                full = True
-                break
+        fetched, cut = 0, False
+
+        def keep_fetching() -> bool:
+            nonlocal cut
+            cut = self.stopping or self.clock() - started >= config.max_round_seconds
+            return not cut
+
+        slices = self.store.fetch_round(self.owned, publisher.held_topics(), config.fetch_size,
+                                        config.batch_size, keep_fetching)
+        for rows in slices:
+            publisher.publish(rows)
+            fetched += len(rows)
+        full = cut or fetched >= config.batch_size
         if fetched == 0:
             return False, False
         finished = publisher.wait(self._keep_waiting)

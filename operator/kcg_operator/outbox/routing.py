@@ -40,9 +40,14 @@ class TopicRouter:
     def columns(self) -> tuple[str, ...]:
         return tuple(ROUTING_COLUMNS[p] for p in self.parts if isinstance(p, int))
 
+    @property
+    def is_default(self) -> bool:
+        """The topic is the aggregatetype column as it is (Debezium's default routing)."""
+        return self.parts == (0,)
+
     def topic(self, aggregatetype: str, aggregateid: str, type_: str) -> str:
-        if len(self.parts) == 1 and self.parts[0] == 0:
-            return aggregatetype  # the default pattern, on the hot path
+        if self.parts == (0,):
+            return aggregatetype  # the default pattern
         values = (aggregatetype, aggregateid, type_)
         return "".join(values[p] if isinstance(p, int) else p for p in self.parts)
 
