@@ -168,6 +168,8 @@ def test_optional_objects_and_settings(helm: Helm) -> None:
                    "--set", "image.tag=1.2.3", "--set", "logFormat=plain")
     monitor = _one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The groups' own namespace label survives the scrape (the alerts group by it).
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"] == "ghcr.io/kcg-dev/kcg-operator:1.2.3"
