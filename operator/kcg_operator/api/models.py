@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -550,8 +551,14 @@ class KafkaConsumerGroupSpec(ApiModel):
 
     @field_validator("consumer_config")
     @classmethod
-    def _consumer_config_valid(cls, config: dict[str, str]) -> dict[str, str]:
+    def _consumer_config_valid(cls, config: dict[str, str],
+                               info: ValidationInfo) -> dict[str, str]:
         problems = consumer_config_problems(config)
+        # In the same message, so a key refused for the protocol is named even when
+        # another key is refused too (rebalanceProtocol is validated before this field).
+        if info.data.get("rebalance_protocol") is RebalanceProtocol.CONSUMER:
+            problems += [classic_only_key_message(k)
+                         for k in sorted(CLASSIC_ONLY_CONSUMER_KEYS & config.keys())]
         if problems:
             raise ValueError("; ".join(problems))
         return config
@@ -564,13 +571,6 @@ class KafkaConsumerGroupSpec(ApiModel):
             raise ValueError("; ".join(problems))
         return template
 
-    @model_validator(mode="after")
-    def _protocol_keys(self) -> KafkaConsumerGroupSpec:
-        if self.rebalance_protocol is RebalanceProtocol.CONSUMER:
-            refused = sorted(CLASSIC_ONLY_CONSUMER_KEYS & self.consumer_config.keys())
-            if refused:
-                raise ValueError("; ".join(classic_only_key_message(k) for k in refused))
-        return self
 
 
 def consumer_config_problems(config: Mapping[str, str]) -> list[str]:
