@@ -4,12 +4,16 @@ that does not exist yet wait for it instead of being dead-lettered."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from tests.integration.outbox_support import (
     consume,
@@ -27,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 def outbox(stack: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    with fresh_outbox(stack, partitions=1, extra_topics=["-later"]) as table_and_topic:
+    with fresh_outbox(stack, partitions=1, extra_topics=["-later", "-small"]) as table_and_topic:
         yield table_and_topic
 
 
@@ -75,3 +79,42 @@ def test_oversized_row_is_dead_lettered_and_the_rest_published(
     assert len({m.event_id for m in published}) == 52
     held = sorted(consume(bootstrap, later, 2, timeout=20, partitions=1), key=lambda m: m.offset)
     assert [m.value["n"] for m in held if m.value] == [0, 1]
+
+
+def test_a_batch_the_broker_refuses_costs_only_its_guilty_row(
+    stack: dict[str, Any], outbox: tuple[str, str], tmp_path: Path
+) -> None:
+    """The broker refuses a whole batch when one message in it is over the topic's
+    max.message.bytes; the relay must dead-letter that row only, publish the others (in
+    order), and never mark a refused row as published."""
+    table, topic = outbox
+    dsn, bootstrap = str(stack["OUTBOX_DSN"]), str(stack["KAFKA_BOOTSTRAP_SERVERS"])
+    small = f"{topic}-small"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(
+        small, num_partitions=1, replication_factor=1, config={"max.message.bytes": "2048"},
+    )])[small].result(30)
+    # Random hex: lz4 cannot shrink it under the limit, and the client's own limit (1 MB)
+    # lets it through, so the refusal comes from the broker, for the batch.
+    big = {"k": "big", "n": 0, "pad": secrets.token_hex(10_000)}
+    rows = [
+        *[_event(small, f"k{i}", 0) for i in range(20)],
+        (small, "big", "Numbered", json.dumps(big)),
+        *[_event(small, f"k{i}", 1) for i in range(20)],
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        insert_events(conn, table, rows)
+
+    with relays(stack, table, tmp_path) as (relay,):
+        relay.wait_ready()
+        wait_until(lambda: pending(dsn, table) == 0, 30, f"every row to settle: {relay.tail()}")
+        letters = dead_letters(dsn, table)
+        assert [(r[1], r[3]) for r in letters] == [("big", small)], letters
+        assert letters[0][4].startswith("MSG_SIZE_TOO_LARGE"), letters[0][4]
+        assert relay.metric("kcg_outbox_events_published_total") == 40
+
+    published = sorted(consume(bootstrap, small, 40, timeout=20, partitions=1),
+                       key=lambda m: m.offset)
+    assert len({m.event_id for m in published}) == 40
+    for i in range(20):
+        assert [m.value["n"] for m in published if m.key == f"k{i}" and m.value] == [0, 1]

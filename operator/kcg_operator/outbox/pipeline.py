@@ -100,9 +100,18 @@ class Publisher:
     Only failures are reported back (delivery.report.only.error): a Python callback per
     acknowledged message cost more than everything else the relay does per row. A round's
     rows are acknowledged when the producer's queue is empty (every message has reached a
-    final state) and no failure was reported for them. A failure report names its row by
-    the `id` header (the event id); when several rows of the round share that id, all of
-    them count as failed, which can only keep a row pending, never drop one.
+    final state) and no failure was reported for them.
+
+    A failure report carries the message's topic, key and value (not its headers), which
+    name its row; rows of the round that share all three all count as failed, and a report
+    that names no row of the round fails the whole round. Either way a row can only be kept
+    pending by mistake, never dropped.
+
+    The broker refuses a whole batch (all messages of a partition sent together) when one
+    message in it is too large or invalid, so a refusal reported by the broker does not
+    say which row is at fault. Those rows are kept pending as suspects and, in the next
+    rounds, each is sent alone (what was queued before it is flushed first, so per-key
+    order holds): a suspect refused alone is dead-lettered, the others are published.
     """
 
     def __init__(
@@ -124,9 +133,16 @@ class Publisher:
         self.producer = self._new_producer()
         self.outcome = RoundOutcome()
         self._sent: list[Row] = []
-        self._by_id: dict[str, list[int]] | None = None
+        self._by_message: dict[tuple[str, str, bytes | None], list[int]] | None = None
+        self._unattributed: str | None = None
+        # Rows in a batch the broker refused, to be sent alone; and those sent alone now.
+        self.suspects: set[int] = set()
+        self._alone: set[int] = set()
         # This round's verdict per topic: _OK, _HELD or the reason its name is invalid.
         self._route: dict[str, str] = {}
+        # Set by the relay: False when it must stop waiting (stopping, fatal error).
+        self.keep_waiting: Callable[[], bool] = lambda: True
+        self._abandoned = False
 
     def _new_producer(self) -> Producer:
         conf: dict[str, Any] = dict(self._config)
@@ -214,8 +230,11 @@ class Publisher:
     def begin_round(self) -> None:
         self.outcome = RoundOutcome()
         self._sent = []
-        self._by_id = None
+        self._by_message = None
+        self._unattributed = None
+        self._alone = set()
         self._route = {}
+        self._abandoned = False
 
     def publish(self, rows: Iterable[Row]) -> None:
         """Queue `rows` for sending, in order. Never waits for the broker.
@@ -229,8 +248,11 @@ class Publisher:
         outcome = self.outcome
         default_route = self.router.is_default
         topic_of = self.router.topic
+        suspects = self.suspects
         for row in rows:
             seq, event_id, aggregatetype, aggregateid, type_, payload = row
+            if self._abandoned:
+                return
             topic = aggregatetype if default_route else topic_of(aggregatetype, aggregateid,
                                                                  type_)
             verdict = route.get(topic) or self._route_of(topic)
@@ -240,6 +262,9 @@ class Publisher:
                 else:
                     outcome.dead.append(DeadLetter(seq, topic, verdict))
                 continue
+            alone = seq in suspects
+            if alone and not self._drain():
+                return
             while True:
                 try:
                     produce(topic, payload, aggregateid,
@@ -251,33 +276,58 @@ class Publisher:
                     producer.poll(0.05)
                 except KafkaException as exc:
                     err: KafkaError = exc.args[0]
-                    self._settle_failed([seq], topic, err)
+                    self._settle_failed([seq], topic, err, alone=True)
                     break
+            if alone:
+                self._alone.add(seq)
+                if not self._drain():
+                    return
         producer.poll(0)
 
+    def _drain(self) -> bool:
+        """Wait until everything queued has an outcome (to send a suspect alone)."""
+        while self.producer.flush(0.05) > 0:
+            if not self.keep_waiting():
+                self._abandoned = True
+                return False
+        return True
+
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        """A failure report (delivery.report.only.error): find the row by its event id."""
+        """A failure report (delivery.report.only.error): find the row(s) it names."""
         if err is None:
             return
-        event_id = next((value for name, value in (msg.headers() or []) if name == "id"), None)
-        if event_id is None:
-            return
-        if self._by_id is None:
-            self._by_id = {}
-            for row in self._sent:
-                self._by_id.setdefault(row[1], []).append(row[0])
-        # Reports of an abandoned round (the database went away mid-round) may still come
-        # in; a row of this round with the same event id is then kept pending, which is
-        # safe (it is sent again), and rows of no round are ignored.
-        seqs = self._by_id.get(event_id.decode() if isinstance(event_id, bytes) else event_id)
+        if self._by_message is None:
+            index: dict[tuple[str, str, bytes | None], list[int]] = {}
+            for seq, _id, aggregatetype, aggregateid, type_, payload in self._sent:
+                topic = self.router.topic(aggregatetype, aggregateid, type_)
+                index.setdefault((topic, aggregateid, payload), []).append(seq)
+            self._by_message = index
+        key = msg.key()
+        seqs = self._by_message.get(
+            (msg.topic(), key.decode() if key else "", msg.value())
+        )
         if seqs:
-            self._settle_failed(seqs, msg.topic(), err)
+            self._settle_failed(seqs, msg.topic(), err, alone=False)
+        else:
+            # Not a row of this round (a report left over from an abandoned round), or one
+            # that could not be matched: no row of this round may count as acknowledged.
+            self._unattributed = describe_error(err)
 
-    def _settle_failed(self, seqs: list[int], topic: str | None, err: KafkaError) -> None:
+    def _settle_failed(self, seqs: list[int], topic: str | None, err: KafkaError,
+                       alone: bool) -> None:
+        """`alone`: the error is about these rows for sure (refused by produce() itself, or
+        sent alone); otherwise a refusal may be about another message of their batch."""
         verdict = classify(err.code(), err.fatal())
         outcome = self.outcome
         if verdict is Verdict.POISON:
-            outcome.dead.extend(DeadLetter(seq, topic, describe_error(err)) for seq in seqs)
+            sure = alone or all(seq in self._alone for seq in seqs)
+            if sure:
+                outcome.dead.extend(DeadLetter(seq, topic, describe_error(err)) for seq in seqs)
+                self.suspects.difference_update(seqs)
+            else:
+                self.suspects.update(seqs)
+                outcome.retry.extend((seq, f"suspect, to be sent alone: {describe_error(err)}")
+                                     for seq in seqs)
         elif verdict is Verdict.MISSING_TOPIC:
             if topic is not None:
                 self._known.discard(topic)
@@ -296,11 +346,19 @@ class Publisher:
         gave up first (stopping, or a fatal error): then no row counts as acknowledged,
         since without success reports it cannot be told which were."""
         producer = self.producer
+        if self._abandoned:
+            return False
         # flush, not poll: it sends what lingers (linger.ms) right away, since nothing
         # more is coming in this round.
         while producer.flush(0.05) > 0:
             if not keep_waiting():
                 return False
+        if self._unattributed is not None:
+            log.warning("a failure report matched no row of the round (%s): the whole "
+                        "round stays pending", self._unattributed)
+            self.outcome.retry.extend((row[0], self._unattributed) for row in self._sent)
+            return True
+        self.suspects.difference_update(self._alone)
         failed = self.outcome.unsettled()
         if failed:
             self.outcome.acked = [row[0] for row in self._sent if row[0] not in failed]

@@ -149,6 +149,7 @@ class Relay:
         except KafkaException as exc:
             log.error("kafka producer configuration refused: %s", exc)
             return 2
+        self.publisher.keep_waiting = self._keep_waiting
         backoff = 0.0
         while not self.stopping:
             self.health.beat()
