@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from kcg_operator.outbox.schema import create_schema
 
@@ -137,6 +138,14 @@ class Message:
     offset: int
 
 
+def _headers(raw: object) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw if isinstance(raw, list) else []:
+        name, value = item
+        out[str(name)] = value.decode() if isinstance(value, bytes) else str(value)
+    return out
+
+
 def consume(
     bootstrap: str, topic: str, expect_ids: int, timeout: float = 60.0, partitions: int = 8
 ) -> list[Message]:
@@ -158,12 +167,15 @@ def consume(
             for msg in consumer.consume(2000, timeout=0.5):
                 if msg.error():
                     raise AssertionError(f"consume {topic}: {msg.error()}")
-                headers = {k: v.decode() for k, v in (msg.headers() or [])}
+                headers = _headers(msg.headers())
                 raw = msg.value()
+                key = msg.key()
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
                 out.append(Message(
-                    key=msg.key().decode(), event_id=headers["id"], type=headers["type"],
-                    value=json.loads(raw) if raw else None, partition=msg.partition(),
-                    offset=msg.offset(),
+                    key=key.decode() if isinstance(key, bytes) else str(key or ""),
+                    event_id=headers["id"], type=headers["type"],
+                    value=json.loads(raw) if raw else None, partition=partition, offset=offset,
                 ))
                 ids.add(headers["id"])
             if len(ids) >= expect_ids and extra_until is None:

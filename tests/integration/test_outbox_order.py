@@ -179,22 +179,70 @@ def test_no_event_skipped_under_interleaved_commits(
     assert_complete_and_ordered(report, counters)
 
 
-def test_notify_wakes_an_idle_relay(
-    stack: dict[str, Any], outbox: tuple[str, str], tmp_path: Path
-) -> None:
-    """Opt-in wake-ups: with the statement-level NOTIFY trigger, an idle relay polling only
-    every 5 s publishes a new row at once."""
-    table, topic = outbox
-    dsn, bootstrap = str(stack["OUTBOX_DSN"]), str(stack["KAFKA_BOOTSTRAP_SERVERS"])
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(notify_trigger_ddl(table, f"{table}_wake").encode())
-    with relays(stack, table, tmp_path, OUTBOX_POLL_INTERVAL_MS="5000",
-                OUTBOX_NOTIFY_CHANNEL=f"{table}_wake") as (relay,):
+LONG_POLL_MS = "60000"  # an idle relay would not poll again for a minute
+WAKE_WINDOW = 3.0
+
+
+def _publish_one_while_idle(stack: dict[str, Any], table: str, topic: str, log_dir: Path,
+                            name: str, **env: str) -> tuple[float | None, float]:
+    """A relay polling at most once a minute, asleep after an empty poll, gets one row.
+
+    Returns (seconds until the row was published, or None if it was still pending after
+    WAKE_WINDOW; the relay's NOTIFY wake-up counter)."""
+    dsn = str(stack["OUTBOX_DSN"])
+    relay = start_relay(stack, table, log_dir, name, OUTBOX_POLL_INTERVAL_MS=LONG_POLL_MS,
+                        **env)
+    try:
         relay.wait_ready()
-        time.sleep(3.0)  # idle: the poll back-off is at 2 s by now
+        # It has polled the empty table: from here on it sleeps (the rebalance ticks every
+        # 300 ms wake it without polling).
+        wait_until(lambda: relay.metric("kcg_outbox_empty_polls_total") >= 1, 10,
+                   "a first empty poll")
         with psycopg.connect(dsn, autocommit=True) as conn:
             insert_events(conn, table, [(topic, "k", "Numbered", '{"k": "k", "n": 0}')])
         started = time.monotonic()
-        wait_until(lambda: pending(dsn, table) == 0, 10, "the row to be published", step=0.01)
-        assert time.monotonic() - started < 0.5
-    assert len(consume(bootstrap, topic, 1, timeout=10)) == 1
+        took: float | None = None
+        while time.monotonic() - started < WAKE_WINDOW:
+            if pending(dsn, table) == 0:
+                took = time.monotonic() - started
+                break
+            time.sleep(0.01)
+        return took, relay.metric("kcg_outbox_notify_wakeups_total")
+    finally:
+        relay.terminate()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {table}".encode())
+
+
+def test_notify_wakes_an_idle_relay(
+    stack: dict[str, Any], outbox: tuple[str, str], tmp_path: Path
+) -> None:
+    """Opt-in wake-ups: with the statement-level NOTIFY trigger and OUTBOX_NOTIFY_CHANNEL, a
+    relay that would not poll for a minute publishes a new row at once, and counts the
+    wake-up. Two control runs show what the assertions rest on: without the trigger the
+    same relay leaves the row pending; without the channel nothing is counted."""
+    table, topic = outbox
+    dsn = str(stack["OUTBOX_DSN"])
+    channel = f"{table}_wake"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(notify_trigger_ddl(table, channel).encode())
+
+    took, wakeups = _publish_one_while_idle(stack, table, topic, tmp_path, "notified",
+                                            OUTBOX_NOTIFY_CHANNEL=channel)
+    assert took is not None and took < 1.0, took
+    assert wakeups >= 1
+
+    # Control 1: the trigger is gone, nothing sends a NOTIFY: the row waits for the poll.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TRIGGER {table}_notify ON {table}".encode())
+    took, wakeups = _publish_one_while_idle(stack, table, topic, tmp_path, "no-trigger",
+                                            OUTBOX_NOTIFY_CHANNEL=channel)
+    assert took is None, f"published after {took:.2f}s without any NOTIFY"
+    assert wakeups == 0
+
+    # Control 2: the trigger is back but the relay does not LISTEN: it polls as usual
+    # (its back-off decides when), and no wake-up is counted.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(notify_trigger_ddl(table, channel).encode())
+    _, wakeups = _publish_one_while_idle(stack, table, topic, tmp_path, "not-listening")
+    assert wakeups == 0

@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 

@@ -72,12 +72,22 @@ def test_kafka_broker_restart_mid_stream(
 
     relay = start_relay(stack, table, tmp_path, "relay", OUTBOX_BATCH_SIZE=str(BATCH))
     thread = threading.Thread(target=writer)
+
+    def written() -> int:
+        return sum(counters.values())
+
     try:
         relay.wait_ready()
         thread.start()
-        time.sleep(2.0)
-        localstack.restart("kafka")
-        time.sleep(2.0)
+        wait_until(lambda: relay.metric("kcg_outbox_events_published_total") >= 500, 30,
+                   "the relay to publish while the writer runs")
+        assert relay.metric("kcg_outbox_kafka_outages_total") == 0
+        localstack.restart("kafka")  # returns once the broker answers again
+        # The relay noticed: every broker connection was lost (librdkafka's all-brokers-down).
+        wait_until(lambda: relay.metric("kcg_outbox_kafka_outages_total") >= 1, 30,
+                   f"the relay to see the outage: {relay.tail()}")
+        back_at = written()
+        wait_until(lambda: written() >= back_at + 1000, 30, "more writes after the restart")
         stop.set()
         thread.join(10)
         assert not errors, errors

@@ -83,6 +83,8 @@ SEQUENCE_SQL: Final = (
     "has_sequence_privilege(s.seqrelid, 'SELECT') OR has_sequence_privilege(s.seqrelid, 'USAGE') "
     "FROM pg_sequence s WHERE s.seqrelid = pg_get_serial_sequence(%s, 'seq')::regclass"
 )
+# A round's snapshot (fetch_round explains why one, and why REPEATABLE READ).
+ROUND_BEGIN: Final = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 PROBE_SECONDS: Final = 0.1
 LAST_VALUE_SQL: Final = "SELECT pg_sequence_last_value(%s::regclass)"
 # Transactions that may be inserting: a granted lock that allows writing. `IS DISTINCT
@@ -256,7 +258,7 @@ class OutboxStore:
         if topic_sql is not None:
             middle.extend(self._topic_literals)
             middle.append(list(held_topics))
-        conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(ROUND_BEGIN)
         try:
             # Binary results: bytea and integers arrive without text parsing.
             with conn.pipeline(), conn.cursor(binary=True) as cur:
