@@ -97,9 +97,13 @@ def test_printer_columns(crd: dict[str, Any], schema: dict[str, Any]) -> None:
         ("Replicas", ".status.replicas"),
         ("Desired", ".status.desiredReplicas"),
         ("Lag", ".status.totalLag"),
+        ("Time-Lag", ".status.maxTimeLagSeconds"),
         ("Status", ".status.health"),
+        ("Assignor", ".status.assignor"),
         ("Age", ".metadata.creationTimestamp"),
     ]
+    # The default view stays narrow; -o wide adds the time lag and the assignor.
+    assert [c["name"] for c in columns if c.get("priority")] == ["Time-Lag", "Assignor"]
     for column in columns[1:-1]:  # the columns point at fields that exist, with their type
         _, section, field = column["jsonPath"].split(".")
         assert schema["properties"][section]["properties"][field]["type"] == column["type"]

@@ -70,11 +70,25 @@ PRINTER_COLUMNS: Final[tuple[dict[str, Any], ...]] = (
         "description": "Messages of lag over all partitions.",
     },
     {
+        "name": "Time-Lag",
+        "type": "number",
+        "jsonPath": ".status.maxTimeLagSeconds",
+        "description": "Seconds the oldest unconsumed message has waited (largest partition).",
+        "priority": 1,  # kubectl get -o wide
+    },
+    {
         "name": "Status",
         "type": "string",
         "jsonPath": ".status.health",
         "description": "The first problem's reason (e.g. ImagePullBackOff, CrashLoopBackOff, "
         "KafkaUnreachable), else the lag verdict: OK, WARN or ERR.",
+    },
+    {
+        "name": "Assignor",
+        "type": "string",
+        "jsonPath": ".status.assignor",
+        "description": "The assignor the group's members really use, as the broker says.",
+        "priority": 1,  # kubectl get -o wide
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
