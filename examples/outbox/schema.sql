@@ -17,6 +17,15 @@
 -- de-duplication) and `type`. Published rows are deleted; rows Kafka refuses for good are
 -- moved to outbox_dead_letter with the error.
 --
+-- A relay that connects as another role than the tables' owner needs SELECT and DELETE on
+-- outbox, INSERT on outbox_dead_letter, and SELECT on the seq column's sequence (it reads
+-- the sequence's last value to skip deleted rows that VACUUM has not removed yet; without
+-- it every round scans from the first row, and says so in its log):
+--
+--   GRANT SELECT, DELETE ON outbox TO relay;
+--   GRANT INSERT ON outbox_dead_letter TO relay;
+--   GRANT SELECT ON SEQUENCE outbox_seq_seq TO relay;
+--
 -- Re-driving dead letters (new seq: published after whatever is pending now):
 --
 --   WITH redo AS (DELETE FROM outbox_dead_letter WHERE seq = ANY('{...}') RETURNING *)

@@ -3,6 +3,7 @@ arrives, and the only duplicates are rows of the round that was in flight."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,10 @@ from tests.integration.outbox_support import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-KEYS, PER_KEY, BATCH, PARTITIONS = 100, 400, 2000, 8
+# A relay drains ~150 000 rows/s here: the backlog must outlast a few tries to catch it.
+KEYS, PER_KEY, BATCH, PARTITIONS = 100, 2000, 2000, 8
 
 
 @pytest.fixture
@@ -88,8 +90,11 @@ def test_sigkill_mid_batch_then_restart(
                 goal = total - (attempt + 1) * 5000
                 wait_until(lambda g=goal: pending(dsn, table) < g, 60,  # type: ignore[misc]
                            "some rounds to be published")
-                # Mid-batch: Kafka acknowledged rows the relay has not marked done yet.
-                wait_until(lambda: acked_not_done() > 0, 60, "a batch in flight", step=0.005)
+                # Mid-batch: Kafka acknowledged rows the relay has not marked done yet. Kill
+                # when that is seen, or after a while anyway: whether the kill did land
+                # mid-batch is decided below, once the relay's session is gone.
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda: acked_not_done() > 0, 5, "a batch in flight", step=0.005)
                 relay.kill()  # SIGKILL: no chance to finish the round
             finally:
                 if relay.proc.poll() is None:
