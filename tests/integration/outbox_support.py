@@ -30,12 +30,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    import socket
+    """A port no relay of this session got before (relays started back to back must not
+    share one before the first binds it); see localstack.free_port."""
+    sys.path.insert(0, str(REPO / "stack"))
+    import localstack
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return localstack.free_port()
 
 
 # ---------------------------------------------------------------------- PostgreSQL

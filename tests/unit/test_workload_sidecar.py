@@ -68,3 +68,18 @@ def test_an_omitted_setting_renders_the_crds_default() -> None:
     assert env["OUTBOX_TOPIC_PATTERN"] == props["topicPattern"]["default"]
     assert env["OUTBOX_BATCH_SIZE"] == str(props["batchSize"]["default"])
     assert env["OUTBOX_POLL_INTERVAL_MS"] == str(props["pollIntervalMilliseconds"]["default"])
+
+
+def test_a_relay_started_without_settings_runs_with_the_crds_defaults() -> None:
+    """`kcg relay` by hand (no OUTBOX_* settings) and the sidecar (the CRD's defaults
+    rendered) run alike: one set of defaults."""
+    from kcg_operator.outbox.config import load_config
+
+    crd = yaml.safe_load(CRD.read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["outbox"]["properties"]
+    bare = load_config({"OUTBOX_DSN": "postgresql://db/app", "KAFKA_BOOTSTRAP_SERVERS": "k:1"})
+    assert bare.table == props["table"]["default"]
+    assert bare.router.pattern == props["topicPattern"]["default"]
+    assert bare.batch_size == props["batchSize"]["default"]
+    assert bare.poll_interval_seconds * 1000 == props["pollIntervalMilliseconds"]["default"]

@@ -32,6 +32,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kcg_operator.outbox.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_POLL_INTERVAL_MS,
+    DEFAULT_TABLE,
+    DEFAULT_TOPIC_PATTERN,
+)
+
 GROUP: Final = "kcg.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -434,14 +441,14 @@ class OutboxSpec(ApiModel):
         "outbox table."
     )
     table: str = Field(
-        "outbox",
+        DEFAULT_TABLE,
         max_length=127,
         pattern=SQL_IDENTIFIER_PATTERN,
         description="Outbox table, optionally schema-qualified (schema.table); unquoted SQL "
         "identifier.",
     )
     topic_pattern: str = Field(
-        "${aggregatetype}",
+        DEFAULT_TOPIC_PATTERN,
         min_length=1,
         max_length=MAX_TOPIC_LENGTH,
         pattern=TOPIC_PATTERN_PATTERN,
@@ -449,10 +456,14 @@ class OutboxSpec(ApiModel):
         "value of that column, e.g. ${aggregatetype} or events.${aggregatetype}.",
     )
     batch_size: int = Field(
-        100, ge=1, le=10000, description="Most rows published per database transaction."
+        DEFAULT_BATCH_SIZE, ge=1, le=10000,
+        description="Most rows published per database transaction (after a crash, at most "
+        "this many events are published twice).",
     )
     poll_interval_milliseconds: int = Field(
-        500, ge=10, le=60000, description="Milliseconds between polls when the table is empty."
+        DEFAULT_POLL_INTERVAL_MS, ge=10, le=60000,
+        description="Longest wait between polls of an empty table (an idle relay backs off "
+        "up to this).",
     )
 
 

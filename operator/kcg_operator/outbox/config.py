@@ -57,6 +57,11 @@ from kcg_operator.outbox.routing import TopicRouter, parse_topic_pattern
 DEFAULT_TABLE: Final = "outbox"
 DEFAULT_TOPIC_PATTERN: Final = "${aggregatetype}"
 DEFAULT_METRICS_PORT: Final = 9310
+#: Rows per round (one database transaction) and the longest sleep of an idle relay; the
+#: CRD's spec.outbox defaults are these (api/models.py), so a relay in a pod and one started
+#: by hand with no settings behave the same, and as `make bench-outbox` measured them.
+DEFAULT_BATCH_SIZE: Final = 5000
+DEFAULT_POLL_INTERVAL_MS: Final = 100
 SQL_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?")
 PROPERTY_ENV_PREFIX: Final = "KAFKA_PROPERTY_"
 
@@ -102,10 +107,10 @@ class RelayConfig:
     dead_letter_table: str
     router: TopicRouter
     kafka: Mapping[str, str] = field(repr=False)
-    batch_size: int = 5000
+    batch_size: int = DEFAULT_BATCH_SIZE
     fetch_size: int = 1000
     max_round_seconds: float = 0.25
-    poll_interval_seconds: float = 0.1
+    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_MS / 1000
     rebalance_interval_seconds: float = 1.0
     notify_channel: str | None = None
     shutdown_grace_seconds: float = 10.0
@@ -259,7 +264,7 @@ def load_config(
         raise ConfigError(f"OUTBOX_TOPIC_PATTERN={pattern!r}: {exc}") from None
     auth_dir = env.get("KCG_KAFKA_AUTH_DIR", "").strip()
     auth = read_auth_dir(Path(auth_dir)) if auth_dir else {}
-    batch = _int(env, "OUTBOX_BATCH_SIZE", 5000, 1, 100_000)
+    batch = _int(env, "OUTBOX_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 100_000)
     channel = env.get("OUTBOX_NOTIFY_CHANNEL", "").strip() or None
     if channel is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", channel):
         raise ConfigError(
@@ -284,7 +289,8 @@ def load_config(
         batch_size=batch,
         fetch_size=min(batch, _int(env, "OUTBOX_FETCH_SIZE", 1000, 1, 100_000)),
         max_round_seconds=_int(env, "OUTBOX_MAX_ROUND_MS", 250, 1, 60_000) / 1000,
-        poll_interval_seconds=_int(env, "OUTBOX_POLL_INTERVAL_MS", 100, 1, 60_000) / 1000,
+        poll_interval_seconds=_int(env, "OUTBOX_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, 1,
+                                   60_000) / 1000,
         rebalance_interval_seconds=_int(env, "OUTBOX_REBALANCE_INTERVAL_MS", 1000, 50, 60_000)
         / 1000,
         notify_channel=channel,
