@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -294,29 +295,109 @@ def test_new_messages_wake_a_group_at_zero() -> None:
     assert decisions[1].desired == 1
 
 
+def backlogged(
+    t: float,
+    per_partition: float,
+    consumed_per_partition: float,
+    replicas: int,
+    members: Mapping[str, Sequence[int]],
+    age: float,
+    partitions: int = 12,
+    backlog: int = 1500,
+) -> Observation:
+    """Partitions with a standing backlog whose oldest message is ``age`` seconds old."""
+    end = backlog + int(per_partition * t)
+    committed = int(consumed_per_partition * t)
+    return Observation(
+        time_s=t,
+        end_offsets={(T, p): end for p in range(partitions)},
+        committed={(T, p): committed for p in range(partitions)},
+        replicas=replicas,
+        partitions=partitions,
+        assignment={m: [(T, p) for p in ps] for m, ps in members.items()},
+        oldest_produced={(T, p): t - age for p in range(partitions)},
+    )
+
+
 def test_time_rule_scales_for_production_with_partitions_spread_by_count() -> None:
     # 12 partitions at 60 msg/s each, consumers do 100 msg/s: two partitions per consumer
-    # would be 120/s, so only one partition per consumer keeps up.
+    # would be 120/s, so only one partition per consumer keeps up. The oldest message is
+    # 30 s old, past the slack (54 s target - 30 s reaction = 24 s): keep up now.
     s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=100_000, maxTimeLagSeconds=60)
     members = {f"m{i}": list(range(i, 12, 6)) for i in range(6)}
-    first = obs(0, [0] * 12, [0] * 12, replicas=6, assignment=members)
-    # Each consumer did its 100/s over 15 s, split over its two partitions.
-    second = obs(15, [900] * 12, [750] * 12, replicas=6, assignment=members)
-    decisions = run([first, second], s)
-    assert decisions[1].desired == 12
-    assert decisions[1].per_replica_rate == pytest.approx(100)
-    assert "drain within 60 s" in decisions[1].reason
+    history = [backlogged(t, 60, 50, 6, members, age=30) for t in (0, 15, 30, 45)]
+    decisions = run(history, s, follow=False)
+    assert decisions[-1].desired == 12
+    assert decisions[-1].per_replica_rate == pytest.approx(100)
+    assert "drain within 60 s" in decisions[-1].reason
 
 
-def test_time_rule_without_need_for_isolation_uses_the_total() -> None:
+@pytest.mark.parametrize(("age", "expected"), [(30, 3), (5, 2)])
+def test_time_rule_uses_the_total_and_lets_a_young_backlog_wait(age: float, expected: int) -> None:
+    # 20 msg/s per partition: 240/s in total, 100/s per consumer at 90 %: three consumers,
+    # once the oldest message is old enough that the group must keep up (30 s); while it
+    # is young (5 s), two consumers running a little short is what uses them fully.
     s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=100_000, maxTimeLagSeconds=60)
     members = {f"m{i}": list(range(i, 12, 2)) for i in range(2)}
-    first = obs(0, [0] * 12, [0] * 12, replicas=2, assignment=members)
-    # 20 msg/s per partition: 240/s in total, 100/s per consumer: three consumers.
-    second = obs(15, [300] * 12, [250] * 12, replicas=2, assignment=members)
-    third = obs(30, [600] * 12, [500] * 12, replicas=2, assignment=members)
-    decisions = run([first, second, third], s, follow=False)
-    assert decisions[2].desired in (3, 4)
+    history = [backlogged(t, 20, 100 / 6, 2, members, age, backlog=100) for t in (0, 15, 30, 45)]
+    decisions = run(history, s, follow=False)
+    assert decisions[-1].desired == expected
+    assert decisions[-1].recommendation <= expected
+
+
+def test_a_partition_that_gets_nothing_while_its_owner_works_is_stuck_at_once() -> None:
+    # Partition 0 stops moving; its owner keeps consuming the others. One poll is enough
+    # to see it (Burrow's STALL needs a full window): no replica is added for it.
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    members = {"a": [0, 1, 2], "b": [3, 4, 5]}
+    observations = []
+    for i in range(6):
+        t = 15.0 * i
+        ends = [100 + 10 * int(t)] * 6
+        committed = [100 if i >= 2 else 100 + 10 * int(t), *(100 + 10 * int(t),) * 5]
+        observations.append(obs(t, ends, committed, 2, assignment=members))
+    decisions = run(observations, s)
+    assert "sim" not in decisions[-1].reason
+    assert "orders/0 STUCK" in decisions[-1].reason
+    assert max(d.desired for d in decisions) == 2
+
+
+def test_a_member_overloaded_by_a_hot_partition_gets_one_more_replica() -> None:
+    # Consumer a owns the hot partition (70/s) and a 40/s one: 110/s against 100/s, while
+    # the average says two consumers are plenty (180/s). The count now is not enough.
+    s = spec(minReplicas=1, maxReplicas=4, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    members = {"a": [0, 1], "b": [2, 3]}
+    rates = [70, 40, 35, 35]
+    history = []
+    for t in (0, 15, 30, 45):
+        ends = [500 + r * int(t) for r in rates[:2]] + [r * int(t) for r in rates[2:]]
+        done = [int(t * 100 * 70 / 110), int(t * 100 * 40 / 110), 35 * int(t), 35 * int(t)]
+        history.append(
+            Observation(
+                time_s=t,
+                end_offsets={(T, p): e for p, e in enumerate(ends)},
+                committed={(T, p): c for p, c in enumerate(done)},
+                replicas=2,
+                partitions=4,
+                assignment={m: [(T, p) for p in ps] for m, ps in members.items()},
+                oldest_produced={(T, p): t - 30 for p in range(4)},
+            )
+        )
+    decisions = run(history, s, follow=False)
+    assert decisions[-1].desired == 3
+
+
+def test_reaction_time_is_measured_from_a_scale_up_to_the_new_members() -> None:
+    s = spec(minReplicas=1, maxReplicas=6, lagPerReplica=1000)
+    d, state = decide(obs(0, [8000] * 6, [0] * 6, 1, assignment={"a": list(range(6))}), s)
+    assert d.desired == 6
+    assert state.awaiting == (0, 6)
+    six = {f"m{i}": [i] for i in range(6)}
+    _, state = decide(obs(15, [8000] * 6, [0] * 6, 6, assignment={"a": list(range(6))}), s, state)
+    assert state.reaction_seconds is None
+    _, state = decide(obs(45, [8000] * 6, [0] * 6, 6, assignment=six), s, state)
+    assert state.reaction_seconds == 45
+    assert state.awaiting is None
 
 
 def test_paused_reports_what_it_would_do() -> None:
@@ -336,17 +417,19 @@ def test_per_replica_rate_falls_only_on_loaded_settled_members() -> None:
         # A deep backlog on both partitions: every member works flat out.
         return obs(t, [100_000 + 10 * int(t)] * 2, [consumed] * 2, 2, assignment=assignment)
 
-    decisions = run(
-        [sweep(0, 0, pair), sweep(15, 1500, pair), sweep(30, 2250, pair)], s, follow=False
-    )
-    assert decisions[1].per_replica_rate == pytest.approx(100)
-    # Half the speed under full load: the app got slower, the estimate follows it down.
-    assert decisions[2].per_replica_rate == pytest.approx(85)
-    # The same slow interval right after a rebalance is no evidence: members paused.
-    moved = run(
-        [sweep(0, 0, pair), sweep(15, 1500, pair), sweep(30, 2250, swapped)], s, follow=False
-    )
-    assert moved[2].per_replica_rate == pytest.approx(100)
+    fast = [sweep(15.0 * i, 1500 * i, pair) for i in range(4)]
+    # Then the app gets slower: 50/s per member, for ten minutes.
+    slow = [sweep(45.0 + 15 * i, 4500 + 750 * i, pair) for i in range(1, 41)]
+    decisions = run(fast + slow, s, follow=False)
+    assert decisions[3].per_replica_rate == pytest.approx(100)
+    # The estimate follows the slower app down, smoothly, and ends close to it.
+    rates = [d.per_replica_rate or 0 for d in decisions[3:]]
+    assert all(a >= b for a, b in pairwise(rates))
+    assert 50 <= rates[-1] < 55
+    # The same slow intervals right after a rebalance are no evidence: members paused.
+    moved = [sweep(45.0 + 15 * i, 4500 + 750 * i, swapped) for i in range(1, 3)]
+    decisions = run(fast + moved, s, follow=False)
+    assert decisions[-1].per_replica_rate == pytest.approx(100)
 
 
 @pytest.mark.parametrize("labelled", [True, False])

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kcg_operator.scaling import bench, simulator
+from kcg_operator.scaling import simulator
 from kcg_operator.scaling.health import HealthTracker
 from kcg_operator.scaling.keda import KedaPolicy
+from kcg_operator.scaling.noise import Noise
 from kcg_operator.scaling.policy import KcgPolicy, PartitionKey
 from kcg_operator.scaling.simulator import (
     Scenario,
     ScenarioError,
     World,
+    build_traffic,
     fair_share,
     parse_scenario,
     simulate,
     sticky_assign,
 )
+from kcg_operator.scaling.world import canonical_assignments
 
 pytestmark = pytest.mark.unit
 
@@ -55,19 +59,32 @@ def test_messages_are_conserved(policy: type[KcgPolicy] | type[KedaPolicy]) -> N
     assert abs(result.produced - (5000 + 150 * 200 + 450 * 200 + 100 * 200)) <= 6
 
 
-def test_world_invariants_hold_every_second() -> None:
-    world = World(scenario(initial_backlog=999, weights=[3, 1, 1, 1, 0, 2]))
+@pytest.mark.parametrize("seed", [None, 7])
+def test_world_invariants_hold_every_second(seed: int | None) -> None:
+    noise = None if seed is None else Noise(seed=seed)
+    world = World(scenario(initial_backlog=999, weights=[3, 1, 1, 1, 0, 2]), noise)
+    before = list(world.consumed)
     for t in range(300):
         if t in (20, 150):
             world.scale(world.replicas + 3)
         if t == 250:
             world.scale(1)
         world.step()
-        waiting = sum(count for queue in world.batches for _, count in queue)
-        assert waiting == sum(e - c for e, c in zip(world.end, world.consumed, strict=True))
         assert world.committed == world.consumed
         assert world.produced_total == sum(world.end)
         assert all(c <= e for c, e in zip(world.consumed, world.end, strict=True))
+        # Nothing is consumed twice, nothing un-consumed, and no member beats its speed.
+        assert all(c >= b for c, b in zip(world.consumed, before, strict=True))
+        done = sum(world.consumed) - sum(before)
+        assert done <= sum(math.ceil(world.speed(i)) for i in range(world.member_count))
+        before = list(world.consumed)
+        # The oldest waiting message is as old as the traffic says.
+        waiting = [
+            world.traffic.produced_at(p, c)
+            for p, (c, e) in enumerate(zip(world.consumed, world.end, strict=True))
+            if c < e
+        ]
+        assert world.oldest_age() == (world.time - min(waiting) if waiting else 0.0)
 
 
 def test_replicas_beyond_the_partition_count_idle() -> None:
@@ -202,7 +219,7 @@ def test_cli_json_has_the_documented_keys(
 ) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**BASE, "duration_seconds": 120}))
-    for policy in ("kcg", "keda"):
+    for policy in ("kcg", "keda", "oracle"):
         assert simulator.main(["--scenario", str(path), "--policy", policy, "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
         for key in (
@@ -230,31 +247,13 @@ def test_cli_reports_a_bad_file_and_exits_2(
     assert simulator.main(["--scenario", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_bench_prints_a_table_and_json_last(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for name in ("one", "two"):
-        (tmp_path / f"{name}.yaml").write_text(
-            yaml.safe_dump({**BASE, "name": name, "duration_seconds": 120})
-        )
-    assert bench.main(["--scenarios", str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("scenario")
-    figures = json.loads(lines[-1])
-    for key in (
-        "kcg_slo_violation_seconds",
-        "keda_slo_violation_seconds",
-        "kcg_replica_seconds",
-        "keda_replica_seconds",
-    ):
-        assert isinstance(figures[key], int)
-    assert set(figures["scenarios"]) == {"one", "two"}
-
-
 def test_example_scenarios_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
     names = {simulator.load_scenario(p).name for p in root.glob("*.yaml")}
+    assert len(names) >= 10
     assert {"burst", "diurnal", "hot-partition", "flash-backlog", "capacity-bound"} <= names
+    poisoned = [simulator.load_scenario(p) for p in root.glob("*.yaml")]
+    assert any(sc.poison for sc in poisoned)
 
 
 def test_time_lag_estimate_follows_the_true_age_of_the_oldest_message() -> None:
@@ -278,3 +277,99 @@ def test_time_lag_estimate_follows_the_true_age_of_the_oldest_message() -> None:
         world.step()
     assert world.oldest_age() > 60
     assert decision.lag_status == "WARN"
+
+
+# -- the assignment, never-committed partitions, poison, noise --------------------------------
+
+
+def test_canonical_assignment_is_balanced_and_moves_only_what_a_new_member_takes() -> None:
+    for partitions in (1, 5, 12, 24):
+        layouts = canonical_assignments(partitions)
+        for members in range(1, partitions + 1):
+            owned = layouts[members]
+            counts = sorted(len(ps) for ps in owned)
+            assert counts[-1] - counts[0] <= 1
+            assert sorted(p for ps in owned for p in ps) == list(range(partitions))
+            if members > 1:
+                # The new member's partitions are the only ones that changed owner.
+                before = layouts[members - 1]
+                for slot in range(members - 1):
+                    assert set(owned[slot]) <= set(before[slot])
+                assert len(owned[-1]) == partitions // members
+
+
+def test_a_new_group_has_not_committed_until_a_member_owns_the_partition() -> None:
+    sc = scenario(initial_replicas=0, initial_backlog=600, scaling={"maxReplicas": 6,
+                  "minReplicas": 0, "scaleToZero": {"enabled": True}})  # fmt: skip
+    world = World(sc)
+    assert world.committed == [None] * 6
+    world.scale(2)
+    for _ in range(sc.startup_seconds):
+        world.step()
+    assert world.committed == [None] * 6
+    world.step()
+    assert None not in world.committed
+    # A scenario that starts with replicas starts with a group that has committed.
+    assert None not in World(scenario()).committed
+
+
+def test_a_poisoned_partition_makes_no_progress_and_is_left_out_of_the_slo() -> None:
+    sc = scenario(
+        initial_replicas=6,
+        rate=[{"at": 0, "rate": 120}],
+        poison=[{"partition": 2, "from": 30, "to": 600}],
+    )
+    world = World(sc)
+    for _ in range(200):
+        world.step()
+    stuck = world.consumed[2]
+    for _ in range(100):
+        world.step()
+    assert world.consumed[2] == stuck
+    assert world.end[2] - world.consumed[2] > 0
+    assert world.oldest_age() <= 1.0
+    result = simulate(sc, KcgPolicy())
+    assert result.slo_violation_seconds == 0
+    assert result.max_replicas <= 6
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"poison": [{"partition": 9, "from": 0, "to": 5}]}, "poison[0].partition must be below 6"),
+        ({"poison": [{"partition": 1, "from": 5, "to": 5}]}, "poison[0].to must be after"),
+        ({"poison": [{"partition": 1}]}, "'poison[0]' must be a mapping"),
+    ],
+)
+def test_bad_poison_entries_name_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario({**BASE, **change})
+    assert message in str(err.value)
+
+
+def test_noise_changes_production_but_keeps_its_mean() -> None:
+    sc = scenario(duration_seconds=3000, rate=[{"at": 0, "rate": 200}])
+    clean = build_traffic(sc)
+    noisy = build_traffic(sc, Noise(seed=5))
+    assert clean.cum != noisy.cum
+    total_clean = sum(cum[-1] for cum in clean.cum)
+    total_noisy = sum(cum[-1] for cum in noisy.cum)
+    assert abs(total_noisy - total_clean) < 0.15 * total_clean
+
+
+def test_the_same_seed_replays_the_same_run_and_another_seed_does_not() -> None:
+    sc = scenario(duration_seconds=400)
+    first = simulate(sc, KcgPolicy(), Noise(seed=11))
+    again = simulate(sc, KcgPolicy(), Noise(seed=11))
+    other = simulate(sc, KcgPolicy(), Noise(seed=12))
+    assert first.replicas_timeline == again.replicas_timeline
+    assert (first.produced, first.consumed) == (again.produced, again.consumed)
+    assert (first.produced, first.consumed) != (other.produced, other.consumed)
+    assert first.seed == 11
+
+
+def test_cli_takes_a_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "duration_seconds": 120}))
+    assert simulator.main(["--scenario", str(path), "--seed", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 4

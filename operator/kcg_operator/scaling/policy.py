@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kcg_operator.api.models import ScalingSpec
@@ -41,9 +41,10 @@ from kcg_operator.scaling import health, timelag
 PartitionKey = tuple[str, int]
 """(topic, partition)."""
 
-#: Fraction of maxTimeLagSeconds the time rule aims for: the rest absorbs the poll
-#: interval and the start-up of new replicas, which the policy cannot see.
-SLO_TARGET_FRACTION = 0.8
+#: Fraction of maxTimeLagSeconds the time rule aims for: the rest absorbs offsets that
+#: arrive late and production that jitters (the start-up of new replicas is planned for
+#: explicitly, see DEFAULT_REACTION_SECONDS).
+SLO_TARGET_FRACTION = 0.9
 #: Shortest horizon the time rule plans over, so late messages ask for a lot but not infinity.
 MIN_HORIZON_SECONDS = 10.0
 #: Share of a replica's measured rate the time rule plans to use: headroom for noise.
@@ -58,6 +59,31 @@ IN_FLIGHT_SECONDS = 5.0
 CAPACITY_DECAY = 0.3
 #: (end offset, time) points kept per partition for the time rule and time-lag estimates.
 HISTORY_POINTS = 40
+#: Production is averaged over this long for the rate the group must keep up with: a
+#: burst shorter than this is carried by the backlog (the SLO allows it), a longer one
+#: raises the average. Five minutes is the HPA's default scale-down window: capacity
+#: bought for a burst is held about that long anyway.
+SUSTAINED_WINDOW_SECONDS = 300.0
+#: Production over the last minute: the rate to keep up with when it is lower than the
+#: sustained one (traffic fell; no need to keep capacity for the average of the past).
+RECENT_WINDOW_SECONDS = 60.0
+#: Time from asking for more replicas to their consuming, until the policy has measured it
+#: on this group (pod start-up plus the rebalance).
+DEFAULT_REACTION_SECONDS = 30.0
+#: Polls beyond the reaction time over which arrivals at the current rate are projected.
+ARRIVAL_POLLS = 0
+#: Share of the slack (deadline minus reaction time) the oldest message may use before
+#: the policy insists on keeping up with production.
+LEAN_FRACTION = 1.0
+#: Rates are measured over this long (several polls): committed offsets move in steps
+#: (the commit interval) and arrive late, which over one poll can mislead by half.
+RATE_WINDOW_SECONDS = 60.0
+#: Production rate used to project what arrives while new replicas start: short enough to
+#: see a burst within two polls, long enough to average out late offsets.
+PROJECTION_WINDOW_SECONDS = 45.0
+#: A member's rate counts only over a span this long: over one poll, offsets that arrive
+#: a few seconds late make a rate wrong by half.
+MIN_RATE_SPAN_SECONDS = 45.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,11 @@ class Observation:
     statuses: Mapping[PartitionKey, str] = field(default_factory=dict)
     assignment: Mapping[str, Sequence[PartitionKey]] | None = None
     ready_replicas: int | None = None
+    #: When the first unconsumed message of a partition was produced (its record
+    #: timestamp, same clock as ``time_s``), where the collector read it. Optional: without
+    #: it, ages come from interpolating the (end offset, time) history, which can only
+    #: guess for messages older than the history.
+    oldest_produced: Mapping[PartitionKey, float] = field(default_factory=dict)
 
     @classmethod
     def from_offsets(
@@ -95,6 +126,7 @@ class Observation:
         statuses: Mapping[PartitionKey, str] | None = None,
         assignment: Mapping[str, Sequence[PartitionKey]] | None = None,
         ready_replicas: int | None = None,
+        oldest_produced: Mapping[PartitionKey, float] | None = None,
     ) -> Observation:
         """Build from a (topic, partition) -> (end offset, committed or None) mapping."""
         return cls(
@@ -107,6 +139,7 @@ class Observation:
             statuses=statuses or {},
             assignment=assignment,
             ready_replicas=ready_replicas,
+            oldest_produced=oldest_produced or {},
         )
 
     @property
@@ -125,12 +158,19 @@ class PolicyState:
     """What the policy remembers between polls of one group (keep one per group)."""
 
     last: Observation | None = None
+    #: Earlier observations of the last RATE_WINDOW_SECONDS (oldest first), so rates are
+    #: measured over more than one poll.
+    earlier: tuple[Observation, ...] = ()
     history: Mapping[PartitionKey, tuple[timelag.Point, ...]] = field(default_factory=dict)
     recommendations: tuple[tuple[float, int], ...] = ()
     per_replica_rate: float | None = None
     rate_saturated: bool = False
     idle_since: float | None = None
     last_scale_time: float | None = None
+    #: Measured seconds from a scale-up to the new members in the group (None: not yet).
+    reaction_seconds: float | None = None
+    #: (when, members wanted) of a scale-up whose members have not all joined yet.
+    awaiting: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +198,13 @@ class ScalingPolicy(Protocol):
     """A stateful adapter around a pure policy, as the simulator drives it."""
 
     name: str
+    #: Whether the simulator should judge partitions with Burrow's rules for this policy
+    #: (the statuses cost time and only the kcg policy reads them).
+    observes_health: bool
+    #: Whether a partition the group never committed on counts from the log start (the
+    #: operator's lag for consumers that reset to earliest), or arrives as None (the raw
+    #: OffsetFetch answer, which KEDA interprets with its offsetResetPolicy).
+    counts_from_log_start: bool
 
     def poll_interval_seconds(self, spec: ScalingSpec) -> int: ...
 
@@ -246,7 +293,16 @@ def _decide_observed(
     history = _updated_history(state.history, obs)
     last = state.last if state.last is not None and obs.time_s > state.last.time_s else None
     per_replica, saturated = _updated_rate(state, obs, last)
-    needs = _needs(obs, spec, last, history, per_replica, saturated)
+    reaction, state = _updated_reaction(state, obs)
+    needs = _needs(
+        obs,
+        spec,
+        last,
+        history,
+        per_replica,
+        saturated,
+        reaction if reaction is not None else DEFAULT_REACTION_SECONDS,
+    )
 
     idle_since = _idle_since(state, obs, last)
     to_zero = (
@@ -324,14 +380,28 @@ def _decide_observed(
         per_replica_rate=per_replica,
         paused=spec.paused,
     )
+    awaiting = state.awaiting
+    if should_patch and desired > current:
+        awaiting = awaiting if awaiting is not None and awaiting[1] <= desired else (now, desired)
+        awaiting = (awaiting[0], desired)
+    elif should_patch and awaiting is not None and desired < awaiting[1]:
+        awaiting = None
+    earlier = tuple(
+        o
+        for o in (*state.earlier, *((state.last,) if state.last is not None else ()))
+        if o.broker_ok and o.time_s < now and now - o.time_s <= RATE_WINDOW_SECONDS
+    )
     new_state = PolicyState(
         last=obs,
+        earlier=earlier,
         history=history,
         recommendations=recommendations,
         per_replica_rate=per_replica,
         rate_saturated=saturated,
         idle_since=idle_since,
         last_scale_time=now if should_patch else state.last_scale_time,
+        reaction_seconds=reaction,
+        awaiting=awaiting,
     )
     return decision, new_state
 
@@ -351,64 +421,131 @@ def _updated_rate(
 ) -> tuple[float | None, bool]:
     """One replica's consumption rate (messages/s), and whether it was seen at full load.
 
-    Every member's observed rate is a lower bound of what a replica can do, so the
-    remembered rate only rises with observations; it falls only when a member that had a
-    real backlog throughout the interval still consumed less (the app got slower).
+    A member that kept its partitions and had a real backlog on partitions it progressed
+    on shows what a replica can do: the typical (median) such member of this poll is a
+    sample, and the estimate follows samples smoothly, so one odd poll does not swing it.
+    Replicas are not all equally fast, and planning with the fastest would leave the slow
+    ones behind. Until a member is seen under load, observed rates are lower bounds: the
+    estimate is the best of them. Rates are measured over the last RATE_WINDOW_SECONDS.
     """
     if last is None:
         return state.per_replica_rate, state.rate_saturated
-    samples = _member_rates(obs, last)
+    samples = _member_rates(obs, (*state.earlier, last))
     if not samples:
         return state.per_replica_rate, state.rate_saturated
-    best, best_saturated = max(samples)
     remembered = state.per_replica_rate
-    if remembered is None or best >= remembered:
-        return best, best_saturated or state.rate_saturated
-    # A member with a backlog and no progress at all is stuck (a poison message), not
-    # slow: it says nothing about what a working replica can do.
     loaded = [rate for rate, saturated in samples if saturated and rate > 0]
     if loaded:
-        lowered = remembered + CAPACITY_DECAY * (max(loaded) - remembered)
-        return lowered, True
-    return remembered, state.rate_saturated
+        typical = _median(loaded)
+        if remembered is None or not state.rate_saturated:
+            # The first measurement under load; a lower bound seen before still holds.
+            return max(typical, remembered or 0.0), True
+        return remembered + CAPACITY_DECAY * (typical - remembered), True
+    if state.rate_saturated and remembered is not None:
+        return remembered, True
+    # Any member's rate is one a replica achieves: the best is the tightest lower bound.
+    # A member that just joined or lost partitions counts only from its settled spans
+    # (_member_rates marks those by leaving them unsaturated with rate 0 when unknown).
+    best = max(rate for rate, _ in samples)
+    if best <= 0:
+        return remembered, False
+    if remembered is None or best > remembered:
+        return best, False
+    return remembered, False
 
 
-def _member_rates(obs: Observation, last: Observation) -> list[tuple[float, bool]]:
-    dt = obs.time_s - last.time_s
-    progress: dict[PartitionKey, float] = {}
-    backlogged: dict[PartitionKey, bool] = {}
-    for key in obs.end_offsets:
-        now_c, last_c = obs.committed.get(key), last.committed.get(key)
-        if now_c is None or last_c is None or key not in last.end_offsets:
-            continue
-        if obs.statuses.get(key) in health.NOT_PROGRESSING:
-            continue
-        progress[key] = max(0, now_c - last_c) / dt
-        produced = max(0, obs.end_offsets[key] - last.end_offsets[key]) / dt
-        in_flight = produced * IN_FLIGHT_SECONDS
-        backlogged[key] = obs.lag(key) > in_flight and last.lag(key) > in_flight
-    if not progress:
-        return []
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _members(obs: Observation) -> int | None:
     if obs.assignment is not None:
-        before = last.assignment or {}
-        samples = []
-        for member, owned in obs.assignment.items():
-            mine = [k for k in owned if k in progress]
-            if mine:
-                rate = sum(progress[k] for k in mine)
-                # A member whose partitions changed since the last poll lost time to the
-                # rebalance (or to starting up): its rate counts as a lower bound only.
-                settled = sorted(before.get(member, ())) == sorted(owned)
-                samples.append((rate, settled and any(backlogged[k] for k in mine)))
-        return samples
-    # Without the assignment, the average member is all we can know.
-    consumers = obs.ready_replicas if obs.ready_replicas is not None else obs.replicas
-    consumers = min(consumers, len(progress))
-    if consumers <= 0:
-        return []
-    busy = [k for k in progress if obs.end_offsets[k] > last.end_offsets[k] or progress[k] > 0]
-    saturated = bool(busy) and all(backlogged[k] for k in busy)
-    return [(sum(progress.values()) / consumers, saturated)]
+        return len(obs.assignment)
+    return obs.ready_replicas
+
+
+def _updated_reaction(state: PolicyState, obs: Observation) -> tuple[float | None, PolicyState]:
+    """Seconds from a scale-up to its members joining, measured on this group.
+
+    Polls only see the group every interval, so a measurement is at most one interval
+    long; half the old estimate is kept so one slow pod does not set the plan alone.
+    """
+    awaiting = state.awaiting
+    members = _members(obs)
+    if awaiting is None or members is None or members < awaiting[1]:
+        return state.reaction_seconds, state
+    measured = obs.time_s - awaiting[0]
+    old = state.reaction_seconds
+    reaction = measured if old is None else (old + measured) / 2
+    return reaction, replace(state, awaiting=None, reaction_seconds=reaction)
+
+
+def _member_rates(obs: Observation, before: Sequence[Observation]) -> list[tuple[float, bool]]:
+    """(messages/s, at full load) of each member over the longest recent span it kept its
+    partitions (``before`` holds earlier observations, oldest first, the last poll last).
+
+    Full load: the member's backlog, on partitions that progressed, stayed above a few
+    seconds of its own consumption at both ends of the span (a stuck partition or a
+    partition of a member that just keeps up says nothing about a replica's speed).
+    """
+    last = before[-1]
+    progressing = [k for k in obs.end_offsets if obs.statuses.get(k) not in health.NOT_PROGRESSING]
+    if obs.assignment is None:
+        dt = obs.time_s - last.time_s
+        total = 0.0
+        for k in progressing:
+            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            if now_c is not None and last_c is not None:
+                total += max(0, now_c - last_c) / dt
+        consumers = obs.ready_replicas if obs.ready_replicas is not None else obs.replicas
+        consumers = min(consumers, len(progressing))
+        if consumers <= 0 or total <= 0:
+            return []
+        rate = total / consumers
+        backlog = sum(obs.lag(k) for k in progressing) / consumers
+        previous = sum(last.lag(k) for k in progressing) / consumers
+        return [(rate, min(backlog, previous) > rate * IN_FLIGHT_SECONDS)]
+    wanted = set(progressing)
+    samples: list[tuple[float, bool]] = []
+    for member, owned in obs.assignment.items():
+        mine = sorted(k for k in owned if k in wanted)
+        if not mine:
+            continue
+        # The farthest observation since which this member owned exactly these partitions.
+        base: Observation | None = None
+        for earlier in reversed(before):
+            if earlier.assignment is None:
+                break
+            if sorted(earlier.assignment.get(member, ())) != sorted(owned):
+                break
+            base = earlier
+        if base is None:
+            # It joined or its partitions changed since the last poll: part of the span
+            # went to starting or to the rebalance, so its rate says little.
+            continue
+        dt = obs.time_s - base.time_s
+        if dt < min(MIN_RATE_SPAN_SECONDS, obs.time_s - before[0].time_s):
+            continue
+        moved: list[PartitionKey] = []
+        done = 0.0
+        for k in mine:
+            now_c, then_c = obs.committed.get(k), base.committed.get(k)
+            if now_c is None or then_c is None:
+                continue
+            done += max(0, now_c - then_c)
+            if now_c > then_c:
+                moved.append(k)
+        rate = done / dt
+        threshold = rate * IN_FLIGHT_SECONDS
+        loaded = (
+            bool(moved)
+            and sum(obs.lag(k) for k in moved) > threshold
+            and sum(base.lag(k) for k in moved) > threshold
+        )
+        samples.append((rate, loaded))
+    return samples
 
 
 def _needs(
@@ -418,15 +555,20 @@ def _needs(
     history: Mapping[PartitionKey, tuple[timelag.Point, ...]],
     per_replica: float | None,
     saturated: bool,
+    reaction: float = DEFAULT_REACTION_SECONDS,
 ) -> _Needs:
     # Statuses only mean something while consumers run: at zero replicas every partition
     # with new messages looks stopped, and that must not keep the group asleep.
     judging = obs.replicas > 0
-    ignored = tuple(
+    ignored = [
         (k, s)
         for k, s in sorted(obs.statuses.items())
         if judging and k in obs.end_offsets and s in health.NOT_PROGRESSING and obs.lag(k) > 0
-    )
+    ]
+    if judging and last is not None:
+        known = {k for k, _ in ignored}
+        ignored += [(k, "STUCK") for k in _stuck(obs, last) if k not in known]
+        ignored.sort()
     skipped = {k for k, _ in ignored}
     active = [k for k in sorted(obs.end_offsets) if k not in skipped]
 
@@ -436,12 +578,17 @@ def _needs(
     by_lag = math.ceil(lag_units - 1e-9)
 
     rates: dict[PartitionKey, float] | None = None
+    progress: dict[PartitionKey, float] = {}
     if last is not None:
         dt = obs.time_s - last.time_s
         rates = {
             k: max(0, obs.end_offsets[k] - last.end_offsets.get(k, obs.end_offsets[k])) / dt
             for k in active
         }
+        for k in active:
+            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            if now_c is not None and last_c is not None:
+                progress[k] = max(0, now_c - last_c) / dt
     production = None if rates is None else sum(rates.values())
     helpful = sum(1 for k in active if lags[k] > 0 or (rates is not None and rates[k] > 0))
 
@@ -449,13 +596,22 @@ def _needs(
     required: float | None = None
     target = spec.max_time_lag_seconds
     if target is not None and rates is not None and per_replica is not None and per_replica > 0:
+        deadline = target * SLO_TARGET_FRACTION
+        # Replicas asked for now consume only after `reaction`: what arrives meanwhile at
+        # the current rate must fit too. Beyond that, the next polls decide again.
+        arriving = reaction + ARRIVAL_POLLS * spec.poll_interval_seconds
         want = {
             k: _required_rate(
                 history.get(k, ()),
                 obs.committed.get(k),
-                rates[k],
+                _rate_since(history.get(k, ()), obs.time_s, PROJECTION_WINDOW_SECONDS) or rates[k],
+                _sustained_rate(history.get(k, ()), obs.time_s, rates[k]),
+                progress.get(k, 0.0),
                 obs.time_s,
-                target * SLO_TARGET_FRACTION,
+                deadline,
+                reaction,
+                arriving,
+                obs.oldest_produced.get(k),
             )
             for k in active
         }
@@ -464,6 +620,14 @@ def _needs(
         # replica can do: the utilization margin is for a measured rate only.
         utilization = TARGET_UTILIZATION if saturated else 1.0
         by_time = _replicas_for(want, obs.partition_count, per_replica, helpful, utilization)
+        if _overloaded(obs, want, per_replica):
+            # Spreading by count put too much on one member (a hot partition next to
+            # others): the count now is shown not to be enough, whatever the average says.
+            by_time = max(by_time, min(obs.replicas + 1, helpful))
+        # The SLO is what the user asked for: once a replica's rate is known, the time
+        # rule alone decides. A lag threshold would buy capacity for backlog that the SLO
+        # lets wait.
+        by_lag = 0 if saturated else by_lag
 
     return _Needs(
         by_lag=by_lag,
@@ -473,33 +637,136 @@ def _needs(
         lag_partitions=sum(1 for lag in lags.values() if lag > 0),
         production=production,
         required_rate=required,
-        ignored=ignored,
+        ignored=tuple(ignored),
     )
+
+
+def _overloaded(obs: Observation, want: Mapping[PartitionKey, float], per_replica: float) -> bool:
+    """Whether a member of the current assignment owns more than one partition and more
+    work than one replica does (the rate each of its partitions needs, summed)."""
+    if obs.assignment is None:
+        return False
+    for owned in obs.assignment.values():
+        mine = [k for k in owned if k in want]
+        if len(mine) < 2:
+            continue
+        load = sum(min(want[k], per_replica) for k in mine)
+        if load > per_replica * (1 + RATE_TOLERANCE) and any(obs.lag(k) > 0 for k in mine):
+            return True
+    return False
+
+
+def _stuck(obs: Observation, last: Observation) -> list[PartitionKey]:
+    """Partitions with a backlog that made no progress at all though their owner kept them.
+
+    A consumer fetches from every partition it owns that has data, so a backlogged
+    partition that gets nothing for a whole poll is stuck on a message (or its consumer
+    is), not short of capacity: more replicas would not help. Burrow calls it STALL after
+    a full window; this sees it after one poll. Partitions that just moved are left out:
+    a rebalance pauses them.
+    """
+    if obs.assignment is None or last.assignment is None:
+        return []
+    stuck: list[PartitionKey] = []
+    for member, owned in obs.assignment.items():
+        if sorted(last.assignment.get(member, ())) != sorted(owned):
+            continue
+        for k in owned:
+            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            if now_c is None or last_c is None:
+                continue
+            if now_c == last_c and obs.lag(k) > 0 and last.lag(k) > 0:
+                stuck.append(k)
+    return stuck
+
+
+def _rate_since(points: Sequence[timelag.Point], now: float, window: float) -> float | None:
+    """Production rate over the last ``window`` seconds, from the (offset, time) history."""
+    if len(points) < 2:
+        return None
+    newest_offset, newest_time = points[-1]
+    since = now - window
+    older = [(o, t) for o, t in points if t <= since]
+    if older:
+        (o0, t0), after = older[-1], [(o, t) for o, t in points if t > since]
+        o1, t1 = after[0] if after else points[-1]
+        start = o0 if t1 <= t0 else o0 + (o1 - o0) * (since - t0) / (t1 - t0)
+        span = newest_time - since
+    else:
+        start, span = points[0][0], newest_time - points[0][1]
+    if span <= 0:
+        return None
+    return max(0.0, (newest_offset - start) / span)
+
+
+def _sustained_rate(points: Sequence[timelag.Point], now: float, current: float) -> float:
+    """The production rate to keep up with: the lower of the last five minutes' and the
+    last minute's averages (the current interval's while history is short)."""
+    long = _rate_since(points, now, SUSTAINED_WINDOW_SECONDS)
+    recent = _rate_since(points, now, RECENT_WINDOW_SECONDS)
+    if long is None or recent is None:
+        return current
+    return min(long, recent)
+
+
+def _age(
+    points: Sequence[timelag.Point], committed: int, oldest: float | None, now: float
+) -> float | None:
+    if points and committed >= points[-1][0]:
+        return 0.0
+    if oldest is not None:
+        return max(0.0, now - oldest)
+    return timelag.time_lag_seconds(points, committed, now)
 
 
 def _required_rate(
     points: Sequence[timelag.Point],
     committed: int | None,
     production: float,
+    sustained: float,
+    progress: float,
     now: float,
     deadline: float,
+    reaction: float,
+    arriving: float,
+    oldest: float | None = None,
 ) -> float:
     """Messages/s this partition's consumer must do so nothing waits beyond ``deadline``.
 
-    A message produced at t must be consumed by t + deadline. Consuming at x from now, the
-    message q positions behind the committed offset is consumed at now + q/x, so
-    x >= q / (t + deadline - now) for every waiting message; the (end offset, time) points
-    are where that bound peaks. And in the long run, x must keep up with production.
+    Two needs. Keep up: at least the sustained production rate. Drain: a message produced
+    at t must be consumed by t + deadline. A change of replicas takes ``reaction`` seconds
+    to act, and the partition goes on at its current ``progress`` until then: consuming
+    at x afterwards, the message q positions behind is consumed at now + reaction +
+    (q - progress * reaction) / x; the (end offset, time) points are where that bound
+    peaks, and the messages arriving at the current ``production`` rate over the next
+    ``arriving`` seconds count too (no poll can help them sooner). The same is asked as if
+    the change acted at once, from the current position: that covers scaling down. When
+    the first waiting message's timestamp is known (``oldest``), it anchors the oldest
+    messages, which the history may not reach back to.
     """
-    need = production
+    need = 0.0
     if committed is None:
-        return need
-    for offset, produced in points:
-        waiting = offset - committed
-        if waiting <= 0:
-            continue
-        horizon = max(produced + deadline - now, MIN_HORIZON_SECONDS)
-        need = max(need, waiting / horizon)
+        return sustained
+    newest_offset = points[-1][0] if points else committed
+    # Keeping up is required only once the oldest message has used a good part of the
+    # slack the deadline leaves beyond the reaction time: below that, running a little
+    # short of production and letting a small backlog form is what lets the group use
+    # whole replicas fully (2.5 replicas of work run as 2 for a while, then 3).
+    age = _age(points, committed, oldest, now)
+    if age is None or age >= LEAN_FRACTION * max(0.0, deadline - reaction):
+        need = sustained
+    candidates: list[tuple[float, float]] = [(offset, produced) for offset, produced in points]
+    if oldest is not None and newest_offset > committed:
+        candidates.append((committed + 1, oldest))
+    candidates.append((newest_offset + production * arriving, now + arriving))
+    for delay, done in ((reaction, progress * reaction), (0.0, 0.0)):
+        base = committed + done
+        for offset, produced in candidates:
+            waiting = offset - base
+            if waiting <= 0:
+                continue
+            horizon = max(produced + deadline - now - delay, MIN_HORIZON_SECONDS)
+            need = max(need, waiting / horizon)
     return need
 
 
@@ -543,10 +810,14 @@ def _idle_since(state: PolicyState, obs: Observation, last: Observation | None) 
 def _time_lags(
     obs: Observation, history: Mapping[PartitionKey, tuple[timelag.Point, ...]]
 ) -> dict[PartitionKey, float | None]:
-    return {
-        k: timelag.time_lag_seconds(history.get(k, ()), obs.committed.get(k), obs.time_s)
-        for k in obs.end_offsets
-    }
+    lags: dict[PartitionKey, float | None] = {}
+    for k in obs.end_offsets:
+        oldest = obs.oldest_produced.get(k)
+        if oldest is not None and obs.lag(k) > 0:
+            lags[k] = max(0.0, obs.time_s - oldest)
+        else:
+            lags[k] = timelag.time_lag_seconds(history.get(k, ()), obs.committed.get(k), obs.time_s)
+    return lags
 
 
 def _num(value: float) -> str:
@@ -610,6 +881,8 @@ class KcgPolicy:
     """The kcg policy with its state kept inside, for the simulator."""
 
     name = "kcg"
+    observes_health = True
+    counts_from_log_start = True
 
     def __init__(self) -> None:
         self.state = PolicyState()

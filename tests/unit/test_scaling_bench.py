@@ -1,0 +1,142 @@
+"""`make bench-scaling`: KEDA's Pareto front, the goals, and the report's shape."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kcg_operator.scaling import bench
+from kcg_operator.scaling.bench import Point, beats, judge, pareto_front, sweep_thresholds
+from kcg_operator.scaling.scenario import parse_scenario
+
+pytestmark = pytest.mark.unit
+
+TINY: dict[str, Any] = {
+    "partitions": 3,
+    "duration_seconds": 150,
+    "initial_replicas": 1,
+    "initial_backlog": 300,
+    "slo_seconds": 40,
+    "per_replica_rate": 20,
+    "startup_seconds": 10,
+    "rebalance_pause_seconds": 2,
+    "rate": [{"at": 0, "rate": 25}, {"at": 60, "rate": 45}],
+    "scaling": {"minReplicas": 1, "maxReplicas": 3, "lagPerReplica": 400, "maxTimeLagSeconds": 40},
+}
+
+
+def point(violations: int, cost: int, threshold: int = 1) -> Point:
+    return Point("careful", threshold, violations, cost)
+
+
+def test_pareto_front_keeps_exactly_the_undominated_runs() -> None:
+    runs = [point(0, 100), point(0, 120), point(5, 90), point(5, 95), point(3, 110), point(9, 90)]
+    front = pareto_front(runs)
+    assert [(p.violation_seconds, p.replica_seconds) for p in front] == [(0, 100), (5, 90)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 50)), min_size=1, max_size=20))
+def test_pareto_front_properties(runs: list[tuple[int, int]]) -> None:
+    points = [point(v, c, i) for i, (v, c) in enumerate(runs)]
+    front = pareto_front(points)
+    # No run beats a front point on both counts, and every run is matched by the front.
+    for p in front:
+        assert not any(
+            (q.violation_seconds <= p.violation_seconds and q.replica_seconds < p.replica_seconds)
+            or (
+                q.violation_seconds < p.violation_seconds and q.replica_seconds <= p.replica_seconds
+            )
+            for q in points
+        )
+    for q in points:
+        assert any(
+            p.violation_seconds <= q.violation_seconds and p.replica_seconds <= q.replica_seconds
+            for p in front
+        )
+    # Along the front, more violation buys strictly fewer replica-seconds.
+    for a, b in pairwise(front):
+        assert a.violation_seconds < b.violation_seconds
+        assert a.replica_seconds > b.replica_seconds
+
+
+def test_beats_means_kcg_slo_at_no_more_cost() -> None:
+    assert beats(point(0, 99), 0, 100)
+    assert beats(point(0, 100), 0, 100)  # equal cost is a loss too
+    assert not beats(point(1, 50), 0, 100)
+    assert beats(point(3, 80), 5, 100)
+
+
+def test_sweep_is_geometric_and_wide() -> None:
+    sc = parse_scenario(TINY)
+    thresholds = sweep_thresholds(sc)
+    assert thresholds == sorted(set(thresholds))
+    assert thresholds[0] <= 20 * 2
+    assert thresholds[-1] >= 20 * 40 * 4 - 1
+    ratios = [b / a for a, b in pairwise(thresholds)]
+    assert max(ratios) / min(ratios) < 1.3
+
+
+def case(
+    kcg: tuple[int, int], keda: list[tuple[int, int]], oracle: tuple[int, int]
+) -> dict[str, Any]:
+    return {
+        "scenario": "x",
+        "seed": None,
+        "slo_seconds": 60,
+        "kcg": {"slo_violation_seconds": kcg[0], "replica_seconds": kcg[1]},
+        "keda": [point(v, c, i).__dict__ for i, (v, c) in enumerate(keda)],
+        "oracle": {
+            "slo_violation_seconds": oracle[0],
+            "replica_seconds": oracle[1],
+            "exact": False,
+            "states": 1,
+        },
+        "seconds": 0.0,
+    }
+
+
+def test_judge_says_where_kcg_wins_and_loses() -> None:
+    won = judge(case((0, 1000), [(0, 1100), (40, 800)], (0, 900)))
+    assert won["goal_front"] and won["goal_oracle"]
+    assert won["kcg_over_keda_best"] == pytest.approx(1000 / 1100, abs=1e-3)
+    lost = judge(case((0, 1000), [(0, 990), (40, 800)], (0, 800)))
+    assert not lost["goal_front"] and lost["goal_oracle"] is False
+    # The oracle goal applies only where the oracle meets the SLO, and asks kcg to as well.
+    assert judge(case((10, 1000), [], (5, 900)))["goal_oracle"] is None
+    assert judge(case((10, 1000), [], (0, 900)))["goal_oracle"] is False
+
+
+def test_bench_prints_a_table_and_json_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, "name": name}))
+    argv = ["--scenarios", str(tmp_path), "--seeds", "3", "--jobs", "1", "--beam", "4"]
+    assert bench.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("scenario") for line in lines)
+    figures = json.loads(lines[-1])
+    assert figures["seeds"] == [3]
+    assert set(figures["scenarios"]) == {"one", "two"}
+    for variants in figures["scenarios"].values():
+        assert set(variants) == {"clean", "seed 3"}
+        for v in variants.values():
+            assert isinstance(v["kcg"]["replica_seconds"], int)
+            assert v["keda_front"]
+            assert isinstance(v["goal_front"], bool)
+    assert set(figures["goals"]["one"]["seed 3"]) == {"front", "oracle"}
+
+
+def test_bench_refuses_an_empty_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(["--scenarios", str(tmp_path)]) == 2
+    assert "no *.yaml" in capsys.readouterr().err
