@@ -52,7 +52,7 @@ from kcg_operator.scaling.world import StateKey, Traffic, World, build_traffic
 #: Decision grid (seconds): kcg polls every 15 s by default and the HPA syncs every 15 s.
 DEFAULT_GRID_SECONDS = 15
 #: Worlds kept per tick before the search stops being exhaustive.
-DEFAULT_BEAM = 48
+DEFAULT_BEAM = 16
 #: Worlds kept per state key (the rest of the beam goes to other keys).
 PER_KEY = 2
 
@@ -131,7 +131,7 @@ def _run(world: World, seconds: int, slo: float) -> int:
     broken = 0
     for _ in range(seconds):
         world.step()
-        if world.oldest_age() > slo:
+        if world.violates(slo):
             broken += 1
     return broken
 
@@ -149,13 +149,13 @@ def _doomed(world: World, high: int) -> int:
         sc.startup_seconds + sc.rebalance_pause_seconds + math.ceil(sc.slo_seconds),
         sc.duration_seconds - world.time,
     )
+    # A young backlog is never doomed: new replicas arrive while the oldest message still
+    # has more than half the SLO left (a guess, which is all the beam needs).
+    if world.oldest_age() + sc.startup_seconds + sc.rebalance_pause_seconds <= sc.slo_seconds / 2:
+        return 0
     trial = world.copy()
     trial.scale(max(high, trial.replicas))
-    for _ in range(ahead):
-        trial.step()
-        if trial.oldest_age() > sc.slo_seconds:
-            return 1
-    return 0
+    return 0 if _clean_for(trial, ahead, sc.slo_seconds) else 1
 
 
 def _transitions(
@@ -247,11 +247,19 @@ def _best(
     champions: dict[int, _Node] = {}
     doomed: list[tuple[tuple[int, float], _Node]] = []
     clean = 0
+    looked = 0
     for node in cheap:
         if id(node) in taken:
             continue
         count = node.world.replicas
         if clean >= beam and count in champions:
+            continue
+        looked += 1
+        if looked > 3 * beam:
+            # The look-ahead is the costly part: past this many, trust the cheap guess.
+            if count not in champions:
+                champions[count] = node
+                chosen.append(node)
             continue
         score = node.score(rate, high, low, grid, ahead)
         if score[0] > 0:
@@ -347,13 +355,17 @@ def _greedy(
     for tick in range(0, duration, grid):
         horizon = min(window, duration - tick)
         allowed = choices_at(scenario, stairs)
-        chosen = allowed[-1]
-        for n in allowed:
+        # More replicas rarely make things worse: bisect for the fewest that stay clean.
+        low, high = allowed[0], allowed[-1]
+        while low < high:
+            middle = (low + high) // 2
             trial = world.copy()
-            trial.scale(n)
+            trial.scale(middle)
             if _clean_for(trial, horizon, slo):
-                chosen = n
-                break
+                high = middle
+            else:
+                low = middle + 1
+        chosen = low
         stairs = _stairs_after(stairs, world.replicas, chosen, hold)
         world.scale(chosen)
         _run(world, min(grid, duration - tick), slo)
@@ -364,7 +376,7 @@ def _greedy(
 def _clean_for(world: World, seconds: int, slo: float) -> bool:
     for _ in range(seconds):
         world.step()
-        if world.oldest_age() > slo:
+        if world.violates(slo):
             return False
     return True
 
@@ -395,7 +407,7 @@ def search(
     ahead = max(hold * grid, reaction)
     seeds: list[tuple[int, ...]] = []
     if beam is not None:
-        for window in (reaction + grid, 2 * reaction + grid, ahead + reaction):
+        for window in (reaction + grid, ahead + reaction):
             seeds.append(_greedy(scenario, noise, traffic, grid, hold, window))
     slo = scenario.slo_seconds
     rate = scenario.per_replica_rate

@@ -10,16 +10,37 @@ How a decision is made, in order:
    one without partitions) keeps the current count, only clamped into the spec's bounds.
 2. **Lag rule.** Each partition asks for ``lag / lagPerReplica`` replicas, but never more
    than one: a backlog on one partition is drained by one consumer, whatever its size.
+   With ``maxTimeLagSeconds`` set, the lag rule speaks only until one replica's rate has
+   been measured under load: the SLO is what the user asked for, and a lag threshold
+   would buy capacity for backlog the SLO lets wait.
 3. **Time rule** (``maxTimeLagSeconds`` set). Per partition, the consumption rate needed so
-   that every waiting message is consumed before it is ``maxTimeLagSeconds`` old (using the
-   partition's (end offset, time) history, kafka-lag-exporter style) and at least the
-   production rate; the sum over partitions divided by one replica's measured rate gives
-   replicas. Partitions spread over replicas by count (cooperative-sticky balances counts,
-   not load), so the count must also leave the busiest partition's consumer enough room.
-   One replica's rate is measured from the group's own progress (committed offsets per
-   member); until it is known, only the lag rule speaks.
+   that no message waits longer than 90 % of ``maxTimeLagSeconds``:
+
+   * *Drain.* Replicas asked for now consume only after the group's *reaction time* (pod
+     start-up plus rebalance, measured from this group's own scale-ups; 30 s until then).
+     Until then the partition goes on at its current progress, and what arrives meanwhile
+     at the current rate joins the queue. Every waiting message (ages from the
+     partition's (end offset, time) history, kafka-lag-exporter style, or from the first
+     unconsumed record's timestamp when the collector read it) must still be consumed
+     before its deadline.
+   * *Keep up.* At least the production rate (the lower of the last five minutes' and the
+     last minute's averages, so a burst shorter than that is carried by the backlog) —
+     but only once the oldest message has used the slack the deadline leaves beyond the
+     reaction time. Before that, running a little short of production is allowed: it is
+     how 2.5 replicas of work run on whole replicas (two for a while, then three).
+
+   The sum over partitions divided by one replica's rate gives replicas. Partitions
+   spread over replicas by count (cooperative-sticky balances counts, not load), so the
+   count must also leave the busiest partition's consumer enough room; and when a member
+   of the current assignment owns more work than a replica does, the count now is shown
+   too small, whatever the average says. One replica's rate is the median loaded member's,
+   measured from committed offsets over the last minute (it follows a slower app down
+   smoothly); until a member is seen under load, the best observed rate is a lower bound.
 4. **Stalled partitions do not scale.** Lag on partitions Burrow calls STOP or STALL is
-   ignored: their consumer is not progressing, more replicas would not help.
+   ignored: their consumer is not progressing, more replicas would not help. A partition
+   with a backlog that got nothing at all during a poll while its owner kept it is
+   ignored at once (STUCK): a consumer fetches from every partition it owns, so it is
+   stuck on a message, not short of capacity.
 5. **Bounds.** Never above the partition count nor ``maxReplicas``; never below
    ``minReplicas`` (at least one while there is traffic); zero only with ``scaleToZero``,
    after ``idleSeconds`` without lag or new messages, on a poll the broker answered.

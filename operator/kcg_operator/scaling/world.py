@@ -133,9 +133,17 @@ def fair_share(budget: int, available: Sequence[int]) -> list[int]:
     left with more afterwards. The oracle's floor relies on that.
     """
     n = len(available)
+    order = sorted(range(n), key=lambda i: available[i])
+    base, extra = divmod(budget, n)
+    if min(available) >= base + (1 if extra else 0):
+        # Nobody is short: an even split, the remainder to the fullest (what the general
+        # loop below gives in this case, only faster; the simulator calls this a lot).
+        even = [base] * n
+        for i in order[n - extra :]:
+            even[i] += 1
+        return even
     out = [0] * n
     remaining = budget
-    order = sorted(range(n), key=lambda i: available[i])
     for rank, i in enumerate(order):
         give = min(available[i], remaining // (n - rank))
         out[i] = give
@@ -205,6 +213,8 @@ class World:
         self._pause_horizon = 0
         self._fresh = not all(self.started)
         self._speeds: tuple[float, ...] = ()
+        #: Slots whose speed is a whole number of messages per second (no rounding).
+        self._whole: dict[int, float] = {}
         self._poison_start = {p: min(s for q, s, _ in scenario.poison if q == p)
                               for p, _, _ in scenario.poison}  # fmt: skip
         self._layouts = canonical_assignments(n)
@@ -230,6 +240,7 @@ class World:
         other._pause_horizon = self._pause_horizon
         other._fresh = self._fresh
         other._speeds = self._speeds
+        other._whole = self._whole
         other._poison_start = self._poison_start
         return other
 
@@ -332,7 +343,10 @@ class World:
         layout = self._layouts[min(self.member_count, self.scenario.partitions)]
         for slot, owned in enumerate(layout):
             rate = self.speed(slot)
-            if rate.is_integer():
+            if rate == self._whole.get(slot):
+                budget = int(rate)
+            elif rate.is_integer():
+                self._whole[slot] = rate
                 budget = int(rate)
             else:
                 budget = math.floor(rate * (t + 1)) - math.floor(rate * t)
@@ -402,6 +416,22 @@ class World:
             if c < traffic.cum[p][now - 1]:
                 oldest = max(oldest, now - traffic.produced_at(p, c))
         return float(oldest)
+
+    def violates(self, slo: float) -> bool:
+        """Whether a judged message is older than ``slo`` now (as ``oldest_age() > slo``,
+        without computing the age: the oracle asks this every simulated second)."""
+        now = self.time
+        # Messages produced in seconds up to `last` are older than the SLO at `now`.
+        last = math.ceil(now - slo) - 1
+        if last < 0:
+            return False
+        cum = self.traffic.cum
+        for p, c in enumerate(self.consumed):
+            if c < cum[p][last]:
+                start = self._poison_start.get(p)
+                if start is None or start >= now:
+                    return True
+        return False
 
     def state_key(self) -> StateKey:
         """What, besides the consumed offsets, decides this world's future (for the oracle).
