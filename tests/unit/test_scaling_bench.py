@@ -113,9 +113,7 @@ def test_judge_says_where_kcg_wins_and_loses() -> None:
     assert judge(case((10, 1000), [], (5, 900)))["goal_oracle"] is None
     assert judge(case((10, 1000), [], (0, 900)))["goal_oracle"] is False
     # The oracle is checked, not trusted: a run that meets its SLO for less is reported.
-    assert judge(case((0, 1000), [(0, 850)], (0, 900)))["oracle_beaten_by"] == [
-        ["careful", 0, 850]
-    ]
+    assert judge(case((0, 1000), [(0, 850)], (0, 900)))["oracle_beaten_by"] == [["careful", 0, 850]]
     assert judge(case((0, 880), [], (0, 900)))["oracle_beaten_by"] == [["kcg", 0, 880]]
     assert judge(case((0, 1000), [(1, 850)], (0, 900)))["oracle_beaten_by"] == []
 
