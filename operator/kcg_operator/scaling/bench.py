@@ -240,7 +240,7 @@ def report(cases: Sequence[dict[str, Any]], seeds: Sequence[int]) -> tuple[str, 
     )
     lines = [
         "kcg against KEDA at its best (lagThreshold swept, two presets) and the oracle",
-        f"noise seeds {', '.join(map(str, seeds)) or 'none'} ({Noise(seed=0).describe()[8:]})",
+        f"noise seeds {', '.join(map(str, seeds)) or 'none'} ({Noise(seed=0).levels()})",
         "",
         header,
         "-" * len(header),
@@ -330,7 +330,7 @@ def report(cases: Sequence[dict[str, Any]], seeds: Sequence[int]) -> tuple[str, 
     }
     figures: dict[str, Any] = {
         "seeds": list(seeds),
-        "noise": Noise(seed=0).describe(),
+        "noise": Noise(seed=0).levels(),
         "goal_oracle_ratio": GOAL_ORACLE_RATIO,
         "goals": goals,
         "goal_front_met": all(v["goal_front"] for vs in scenarios.values() for v in vs.values()),

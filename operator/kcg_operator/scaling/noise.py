@@ -42,12 +42,16 @@ class Noise:
     speed_spread: float = 0.1
     measurement_delay_seconds: int = 10
 
-    def describe(self) -> str:
+    def levels(self) -> str:
+        """The noise levels, in words (the same for every seed)."""
         return (
-            f"seed {self.seed}: rate jitter {self.rate_jitter:g} ({self.jitter_seconds:g} s),"
+            f"rate jitter {self.rate_jitter:g} ({self.jitter_seconds:g} s),"
             f" replica speed spread {self.speed_spread:g},"
             f" measurement delay 0..{self.measurement_delay_seconds} s"
         )
+
+    def describe(self) -> str:
+        return f"seed {self.seed}: {self.levels()}"
 
 
 def _rng(noise: Noise, stream: str) -> random.Random:
