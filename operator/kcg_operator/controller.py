@@ -76,6 +76,35 @@ class GroupState:
         return {tp: list(table.points) for tp, table in self.history.items()}
 
 
+#: Longest Event message the apiserver keeps whole (kube.event cuts at this length).
+EVENT_MESSAGE_LIMIT = 1024
+
+
+def scale_event_message(decision: Decision) -> str:
+    """The Scaled Event: the policy's reason, then every figure the decision used as
+    key=value, so `kubectl describe kcg` shows the numbers behind each scale (and a script
+    can read them). The figures come first when cut, since the reason restates them."""
+
+    def rate(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.1f}/s"
+
+    seconds = decision.max_time_lag_seconds
+    figures = (
+        f"lag={decision.total_lag} "
+        f"secondsBehind={'unknown' if seconds is None else f'{seconds:.1f}'} "
+        f"productionRate={rate(decision.production_rate)} "
+        f"perReplicaRate={rate(decision.per_replica_rate)} "
+        f"replicas={decision.current}->{decision.desired} "
+        f"recommended={decision.recommendation} partitions={decision.partitions} "
+        f"lagStatus={decision.lag_status}"
+    )
+    room = EVENT_MESSAGE_LIMIT - len(figures) - len(" [] ")
+    reason = decision.reason
+    if len(reason) > room:
+        reason = reason[: room - 1] + "…"
+    return f"{reason} [{figures}]"
+
+
 class Controller:
     def __init__(self, kube: Kube, registry: Registry, check_interval_s: float = 15.0,
                  collector: LagCollector | None = None,
@@ -275,8 +304,9 @@ class Controller:
         state.last_scale_time = now_rfc3339()
         direction = "up" if decision.desired > current else "down"
         metrics.scale_events.labels(key[0], key[1], kcg.group_id, direction).inc()
-        self.kube.event(obj.body, "Normal", "Scaled", decision.reason)
-        log.info("%s/%s: %s", *key, decision.reason)
+        message = scale_event_message(decision)
+        self.kube.event(obj.body, "Normal", "Scaled", message)
+        log.info("%s/%s: %s", *key, message)
 
     def _transition_events(self, state: GroupState, obj: GroupObject,
                            snap: GroupSnapshot) -> None:
