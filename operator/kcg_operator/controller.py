@@ -80,15 +80,18 @@ class GroupState:
 EVENT_MESSAGE_LIMIT = 1024
 
 
-def scale_event_message(decision: Decision) -> str:
+def scale_event_message(decision: Decision, seconds_behind: float | None = None) -> str:
     """The Scaled Event: the policy's reason, then every figure the decision used as
     key=value, so `kubectl describe kcg` shows the numbers behind each scale (and a script
-    can read them). The figures come first when cut, since the reason restates them."""
+    can read them). The figures come first when cut, since the reason restates them.
+
+    ``seconds_behind`` is the check's largest seconds behind from lag.partition_lags (the
+    number the status and metrics show); without it, the decision's own estimate."""
 
     def rate(value: float | None) -> str:
         return "unknown" if value is None else f"{value:.1f}/s"
 
-    seconds = decision.max_time_lag_seconds
+    seconds = decision.max_time_lag_seconds if seconds_behind is None else seconds_behind
     figures = (
         f"lag={decision.total_lag} "
         f"secondsBehind={'unknown' if seconds is None else f'{seconds:.1f}'} "
@@ -229,7 +232,7 @@ class Controller:
             )
             decision, state.policy = decide(obs, kcg.spec.scaling, state.policy)
             if decision.should_patch and decision.desired != current:
-                self._scale(key, obj, state, current, decision)
+                self._scale(key, obj, state, current, decision, lagmath.max_seconds(lags))
                 current = decision.desired
         self._transition_events(state, obj, snap)
         pods, pods_error = self._observe_pods(key, obj, state, replicas is not None)
@@ -295,7 +298,7 @@ class Controller:
         return verdict, None
 
     def _scale(self, key: Key, obj: GroupObject, state: GroupState, current: int,
-               decision: Decision) -> None:
+               decision: Decision, seconds_behind: float | None = None) -> None:
         kcg = obj.kcg
         assert kcg is not None
         with self.registry.workload_lock(key):
@@ -304,7 +307,7 @@ class Controller:
         state.last_scale_time = now_rfc3339()
         direction = "up" if decision.desired > current else "down"
         metrics.scale_events.labels(key[0], key[1], kcg.group_id, direction).inc()
-        message = scale_event_message(decision)
+        message = scale_event_message(decision, seconds_behind)
         self.kube.event(obj.body, "Normal", "Scaled", message)
         log.info("%s/%s: %s", *key, message)
 

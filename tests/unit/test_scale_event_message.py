@@ -68,3 +68,10 @@ def test_a_long_reason_is_cut_and_the_figures_survive(length: int) -> None:
     assert len(message) <= EVENT_MESSAGE_LIMIT
     assert _figures(message)["lag"] == "3600"
     assert "…" in message
+
+
+def test_seconds_behind_is_the_checks_own_when_given() -> None:
+    """The controller passes lag.partition_lags' largest seconds behind (what the status
+    and the metrics show), so the Event never disagrees with them."""
+    figures = _figures(scale_event_message(_decision(max_time_lag_seconds=0.0), 73.04))
+    assert figures["secondsBehind"] == "73.0"
