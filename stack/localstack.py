@@ -160,7 +160,8 @@ def setup() -> None:
         _replace_dir(tmp, HELM_BIN)
     if _java_major() < 17:
         raise StackError("Kafka 4 needs Java 17+: apt-get install openjdk-17-jre-headless")
-    if not (KAFKA_LIBS / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+    if not all((KAFKA_LIBS / f"{jar}-{KAFKA_VERSION}.jar").exists()
+               for jar in ("kafka_2.13", "kafka-tools")):
         mvn = _require("mvn", "install Maven (apt-get install maven)")
         tmp = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=_mkdir(CACHE)))
         _run_build(
