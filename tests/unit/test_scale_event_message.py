@@ -9,6 +9,8 @@ import pytest
 from kcg_operator.controller import EVENT_MESSAGE_LIMIT, scale_event_message
 from kcg_operator.scaling.policy import Decision
 
+pytestmark = pytest.mark.unit
+
 FIGURES = re.compile(r"\[(?P<body>[^\[\]]*)\]$")
 
 
