@@ -34,8 +34,12 @@ RUN groupadd --system --gid 65532 kcg \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kcg
 # Install from the builder's wheels only (no index): the same bits that were built.
+# A layer cache keys this step on its text, not on the mounted wheels: SOURCE_HASH (the
+# source tree's hash, stack/images.py passes it) makes a changed tree miss the cache.
+ARG SOURCE_HASH=none
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels kcg-operator \
+    echo "source ${SOURCE_HASH}" >/dev/null \
+ && pip install --no-index --find-links=/wheels kcg-operator \
  && kcg --help >/dev/null
 USER 65532:65532
 WORKDIR /tmp

@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STACK := $(PYTHON) stack/localstack.py
 
 .PHONY: all test unit lint setup up down env status clean crds chart-crds run demo \
-        kind-e2e bench-scaling bench-outbox bench-sweep bench-rebalance
+        kind-e2e bench-scaling bench-outbox bench-sweep bench-rebalance images
 
 all: test
 
@@ -57,7 +57,7 @@ kind-e2e: $(VENV)/.installed
 
 ## bench-*: benchmarks that print a table and, last, one JSON line
 bench-scaling: $(VENV)/.installed
-	$(PYTHON) -m kcg_operator.scaling.bench
+	$(PYTHON) -m kcg_operator.scaling.bench --plot-dir benchmarks/out/scaling
 
 bench-sweep: setup
 	$(PYTHON) benchmarks/bench_sweep.py
@@ -73,6 +73,10 @@ bench-rebalance: setup
 up: setup
 	@$(STACK) up >/dev/null
 	@echo 'kcg: stack is up; point your shell at it with: eval "$$(make -s env)"'
+
+## images: rebuild the images from the working tree and load them on the running node
+images: $(VENV)/.installed
+	@$(STACK) images
 
 down:
 	@if [ -x $(PYTHON) ]; then $(STACK) down; fi

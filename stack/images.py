@@ -187,7 +187,8 @@ def dockerfile(name: str, context: Path, dockerfile_path: Path, inputs: Iterable
     volumes = ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"] if HOST_CA_BUNDLE.exists() else []
     _run(f"buildah bud {dockerfile_path.relative_to(REPO)}", buildah(
         "bud", "--quiet", "--layers", "--network", "host", *volumes,
-        "--build-arg", f"PYTHON_IMAGE={base}", "-f", str(dockerfile_path), "-t", ref,
+        "--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", f"SOURCE_HASH={tag}",
+        "-f", str(dockerfile_path), "-t", ref,
         str(context)))
     image = _export(ref, archive)
     _log(f"{ref}: built in {time.monotonic() - started:.0f}s, {image_size_mb(image):.0f} MB")

@@ -597,17 +597,7 @@ def _start_node(slot: node.Slot, server: str, owned: bool, procs: list[Proc]) ->
     _start("containerd", node.containerd_cmd(configs["containerd"]), owned, procs)
     _wait("containerd", lambda: subprocess.run(
         node.ctr(slot, "version"), capture_output=True).returncode == 0, 30, procs)
-    present = node.node_images(slot)
-    wanted = {image.ref for image in built.values()} | set(images.ALIASES.values())
-    for stale in present - wanted:  # earlier builds of ours; nothing else lives in this root
-        if stale.startswith("localhost/kcg-") and "@" not in stale:
-            node.remove_image(slot, stale)
-    for kind, image in built.items():
-        if image.ref not in present:
-            node.import_image(slot, image.archive)
-        if kind in images.ALIASES:
-            node.tag_image(slot, image.ref, images.ALIASES[kind])
-    (STATE / "images.json").write_text(json.dumps({k: v.ref for k, v in built.items()}))
+    _load_images(slot, built)
     _start("kubelet", [
         str(K8S_BIN / "kubelet"), f"--config={configs['kubelet']}",
         f"--kubeconfig={kubeconfigs['kubelet']}", f"--root-dir={slot.kubelet_dir}",
@@ -616,6 +606,39 @@ def _start_node(slot: node.Slot, server: str, owned: bool, procs: list[Proc]) ->
     if slot.index == 0:  # kube-proxy's nftables table is machine-wide: one owner (node.py)
         _start("kube-proxy", [str(K8S_BIN / "kube-proxy"), f"--config={configs['kube-proxy']}",
                               "--v=1"], owned, procs)
+
+
+def _load_images(slot: node.Slot, built: dict[str, images.Image], drop_stale: bool = True) -> None:
+    """Put the built images on the node (its containerd) and drop our stale ones (not while
+    the stack runs: pods of a test session may still use them)."""
+    present = node.node_images(slot)
+    wanted = {image.ref for image in built.values()} | set(images.ALIASES.values())
+    for stale in present - wanted if drop_stale else ():
+        # Earlier builds of ours; nothing else lives in this root.
+        if stale.startswith("localhost/kcg-") and "@" not in stale:
+            node.remove_image(slot, stale)
+    for kind, image in built.items():
+        if image.ref not in present:
+            node.import_image(slot, image.archive)
+        if kind in images.ALIASES:
+            node.tag_image(slot, image.ref, images.ALIASES[kind])
+    (STATE / "images.json").write_text(json.dumps({k: v.ref for k, v in built.items()}))
+
+
+def reload_images() -> dict[str, str]:
+    """Rebuild the images from the working tree and load them on the running node, so the
+    next pods (and tests) run the code as it is now. Returns the new references."""
+    state = read_state()
+    if state is None or not state.get("KCG_NODE"):
+        raise StackError("no running stack with a node: make up")
+    slot = node.Slot(int(str(state["KCG_NODE_SLOT"])))
+    with _as_stack_error():
+        built = build_images()
+        _load_images(slot, built, drop_stale=False)
+    refs = {k: v.ref for k, v in built.items()}
+    state["KCG_IMAGES"] = refs
+    (STATE / "state.json").write_text(json.dumps(state, indent=2))
+    return refs
 
 
 def _start_kafka(host: str, port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> None:
@@ -841,7 +864,8 @@ def _report_leftovers() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localstack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command",
-                        choices=["setup", "up", "down", "env", "status", "leftovers"])
+                        choices=["setup", "up", "down", "env", "status", "leftovers",
+                                 "images"])
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
@@ -851,6 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print((STATE / "env.sh").read_text(), end="")
         elif args.command == "down":
             down()
+        elif args.command == "images":
+            print(json.dumps(reload_images(), indent=2))
         elif args.command == "leftovers":
             return _report_leftovers()
         elif args.command in ("env", "status"):

@@ -1,12 +1,19 @@
 """The controller loop: sweep lag for all due groups, decide, scale, and write status.
 
-One loop. Each pass takes the groups whose check is due (or that changed), sweeps each
+One loop. Each pass first reconciles the workloads that need it (kcg_operator.reconciler:
+a new generation, a due retry, a Deployment or ConfigMap deleted by hand, a new leader),
+then takes the groups whose check is due (or that changed), sweeps each
 Kafka cluster once for all of them (kcg_operator.scaling.collector), then per group: lag
 per partition (kcg_operator.scaling.lag), Burrow's verdicts, the scaling decision
 (kcg_operator.scaling.policy), the replica patch, one LIST of the group's pods and their
 verdict (kcg_operator.workload.pod_health), Events on transitions, the metrics, and the
 status (kcg_operator.status) when (and only when) it changed. It is the only writer of
-status, replicas and metrics, so none of them race.
+the workload, status, replicas and metrics, so none of them race.
+
+With leader election (kcg_operator.leader) a standby replica runs the same loop, warm: it
+reads and renders every workload, sweeps lag and keeps every group's policy state, but
+writes nothing and exports no group metrics; ``leading`` (the Kube client's write gate)
+decides at every step, so a promotion takes effect at the next pass.
 
 The controller owns what it learns about each group (:class:`GroupState`); what the kopf
 handlers know of the objects it reads from the registry, never writes.
@@ -27,11 +34,11 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kcg_operator import metrics
+from kcg_operator import metrics, reconciler
 from kcg_operator.api.models import KafkaConsumerGroup
 from kcg_operator.conditions import now_rfc3339
 from kcg_operator.kube import Kube
-from kcg_operator.registry import GroupObject, Key, Registry
+from kcg_operator.registry import GroupObject, Key, Reconciled, Registry
 from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
 from kcg_operator.scaling.health import CommitWindow
@@ -65,6 +72,11 @@ class GroupState:
     # Replicas this controller set, until the Deployment's watch has caught up with them.
     scaled_to: int | None = None
     scaled_at: float = 0.0
+    # The workload: the generation last prepared, whether this replica applied it, and
+    # when a refused reconcile that may heal is tried again (0: not waiting).
+    workload_generation: Any = None
+    applied: bool = False
+    retry_at: float = 0.0
 
     def note_offsets(self, snap: GroupSnapshot) -> dict[PartitionKey, list[tuple[int, float]]]:
         """Add this sweep's end offsets to the (end offset, time) history; a repeat of
@@ -111,9 +123,11 @@ def scale_event_message(decision: Decision, seconds_behind: float | None = None)
 class Controller:
     def __init__(self, kube: Kube, registry: Registry, check_interval_s: float = 15.0,
                  collector: LagCollector | None = None,
-                 pod_ready_grace_s: float = DEFAULT_READY_GRACE_SECONDS) -> None:
+                 pod_ready_grace_s: float = DEFAULT_READY_GRACE_SECONDS,
+                 relay_image: str = reconciler.DEFAULT_RELAY_IMAGE) -> None:
         self.kube = kube
         self.registry = registry
+        self.relay_image = relay_image
         self.check_interval_s = check_interval_s
         self.pod_ready_grace_s = pod_ready_grace_s
         self.collector = collector or LagCollector()
@@ -134,11 +148,24 @@ class Controller:
             self.registry.wake.wait(min(max(next_due - time.time(), 0.05), 1.0))
             self.registry.wake.clear()
 
+    def leading(self) -> bool:
+        """Whether this replica may write (always, without leader election)."""
+        return self.kube.may_write()
+
+    def promoted(self) -> None:
+        """This replica just became the leader: look at every object now."""
+        for key in self.registry.objects():
+            self.registry.mark_dirty(key)
+
     def pass_once(self) -> None:
         self.last_pass = time.monotonic()
         objects = self.registry.objects()
         for gone in set(self.states) - set(objects):
             self._forget(self.states.pop(gone))
+        due = [(key, obj) for key, obj in objects.items() if self._workload_due(key, obj)]
+        if due:
+            list(self._pool.map(lambda item: self._safe(self.reconcile_workload, *item), due))
+            objects = self.registry.objects()
         metrics.groups_watched.set(len(objects))
         dirty = self.registry.take_dirty()
         by_cluster: dict[ClusterKey, list[tuple[Key, GroupObject]]] = defaultdict(list)
@@ -209,6 +236,54 @@ class Controller:
             log.exception("handling %s/%s failed", *key)
             self.registry.mark_dirty(key)
 
+    # ------------------------------------------------------------------ the workload
+
+    def _workload_due(self, key: Key, obj: GroupObject) -> bool:
+        if (obj.body.get("metadata") or {}).get("deletionTimestamp"):
+            return False  # being deleted: its owned objects go with it
+        state = self.states.setdefault(key, GroupState())
+        if state.workload_generation != (obj.body.get("metadata") or {}).get("generation"):
+            return True
+        if state.retry_at:
+            return time.time() >= state.retry_at
+        if not self.leading():
+            return False
+        # Promoted (prepared, never applied here), or its Deployment/ConfigMap was deleted.
+        return not state.applied or (obj.reconciled is not None and obj.reconciled.ok
+                                     and self.registry.take_missing(key))
+
+    def reconcile_workload(self, key: Key, obj: GroupObject) -> None:
+        """Read and render the workload; the leader also applies it."""
+        state = self.states.setdefault(key, GroupState())
+        body = obj.body
+        state.workload_generation = (body.get("metadata") or {}).get("generation")
+        state.retry_at, state.applied = 0.0, False
+        prepared = reconciler.prepare(self.kube, key, body, self.relay_image)
+        if isinstance(prepared, reconciler.Prepared) and self.leading():
+            outcome = reconciler.apply(self.kube, self.registry, key, body, prepared)
+            if isinstance(outcome, Reconciled):
+                reconciler.record(self.registry, key, body, prepared, outcome)
+                state.applied = True
+                state.last_events["workload"] = ""
+                self.kube.event(body, "Normal", "Applied", outcome.message)
+                return
+            refused = outcome
+        elif isinstance(prepared, reconciler.Prepared):
+            # Standby: what a sweep needs, so lag and policy state are warm at promotion.
+            reconciler.record(self.registry, key, body, prepared, Reconciled(
+                state.workload_generation, True, "Standby", "prepared by a standby replica"))
+            return
+        else:
+            refused = prepared
+        reconciler.record(self.registry, key, body, refused)
+        if refused.retry:
+            state.retry_at = time.time() + reconciler.RETRY_SECONDS
+        outcome_ = refused.outcome
+        if self.leading() and state.last_events.get("workload") != outcome_.reason:
+            self.kube.event(body, "Warning", outcome_.reason, outcome_.message)
+            log.warning("%s/%s: %s", *key, outcome_.message)
+        state.last_events["workload"] = outcome_.reason
+
     # ------------------------------------------------------------------ one group
 
     def evaluate(self, key: Key, obj: GroupObject, snap: GroupSnapshot,
@@ -221,19 +296,21 @@ class Controller:
         current, ready = replicas if replicas is not None else (None, None)
         decision: Decision | None = None
         if kcg.spec.scaling is not None and current is not None:
-            obs = Observation(
-                time_s=snap.time_s,
-                end_offsets={tp: p.end for tp, p in lags.items()},
-                committed={tp: p.position for tp, p in lags.items()},
-                replicas=current, partitions=snap.partitions or None,
+            # The policy reads lag and seconds behind from these lags: the status's.
+            obs = Observation.from_lags(
+                snap.time_s, lags, current, partitions=snap.partitions or None,
                 broker_ok=snap.broker_ok and not snap.missing_topics,
                 statuses=statuses, ready_replicas=ready,
                 assignment={m.member_id: list(m.assigned) for m in snap.members} or None,
             )
             decision, state.policy = decide(obs, kcg.spec.scaling, state.policy)
+            if not self.leading():
+                return  # a standby keeps its policy state warm and writes nothing
             if decision.should_patch and decision.desired != current:
                 self._scale(key, obj, state, current, decision, lagmath.max_seconds(lags))
                 current = decision.desired
+        if not self.leading():
+            return
         self._transition_events(state, obj, snap)
         pods, pods_error = self._observe_pods(key, obj, state, replicas is not None)
         observed = Observed(snap, lags, statuses, decision, current, ready, pods, pods_error)
@@ -383,11 +460,15 @@ class Controller:
     # ------------------------------------------------------------------ status
 
     def write_status(self, key: Key, obj: GroupObject, observed: Observed | None) -> None:
+        if not self.leading():
+            return
         state = self.states.setdefault(key, GroupState())
-        previous = ((state.last_status or {}).get("conditions")
-                    or (obj.body.get("status") or {}).get("conditions") or [])
-        status = render_status(obj, observed, previous, state.last_scale_time)
-        if status == state.last_status:
+        # Until this replica has written it, the status is what the last leader wrote.
+        last = state.last_status if state.last_status is not None else obj.body.get("status")
+        previous = (last or {}).get("conditions") or []
+        scaled = state.last_scale_time or (obj.body.get("status") or {}).get("lastScaleTime")
+        status = render_status(obj, observed, previous, scaled)
+        if status == last:
             return
         self.kube.apply_status(key[0], key[1], status)
         state.last_status = status

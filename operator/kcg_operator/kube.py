@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -34,14 +34,25 @@ def load_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+class NotLeading(RuntimeError):
+    """A write was refused because this replica does not hold the leader lease."""
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        # Every write asks first: a standby replica (leader election) never writes, even
+        # if a code path forgets to check.
+        self.may_write = may_write
 
     def _wrote(self) -> None:
+        if not self.may_write():
+            metrics.writes_refused.inc()
+            raise NotLeading("this operator replica is not the leader; writes are refused")
         metrics.api_writes.inc()  # the steady-state benchmark reads it
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:

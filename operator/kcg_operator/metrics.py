@@ -84,3 +84,16 @@ api_writes = Counter(
     "kcg_api_writes_total",
     "Writes the controller loop and reconciler made to the Kubernetes API (apply, status, "
     "scale, events).")
+leader = Gauge(
+    "kcg_operator_leader",
+    "1 while this operator replica holds the leader lease (it alone writes), else 0.")
+leader_transitions = Counter(
+    "kcg_operator_leader_transitions",
+    "Times this operator replica became the leader.")
+lease_writes = Counter(
+    "kcg_operator_lease_writes",
+    "Writes to the leader Lease (acquire, renew, release); not counted in kcg_api_writes.")
+writes_refused = Counter(
+    "kcg_operator_writes_refused",
+    "Kubernetes API writes refused before they were sent because this replica does not "
+    "lead.")

@@ -1,9 +1,10 @@
-"""What the kopf handlers know of every KafkaConsumerGroup, for the controller loop to read.
+"""What the operator knows of every KafkaConsumerGroup, for the controller loop to read.
 
-The handlers are its only writers: the reconciler records what it applied, the watch
-handlers follow the objects and their Deployments. Each object's record is immutable and
-replaced whole, so the controller reads a consistent record without locking it; what the
-controller learns and decides lives in the controller (kcg_operator.controller), not here.
+The kopf watch handlers follow the objects, their Deployments and ConfigMaps; the
+reconciler (run by the controller) records what it read and applied. Each object's record
+is immutable and replaced whole, so the controller reads a consistent record without
+locking it; what the controller learns and decides lives in the controller
+(kcg_operator.controller), not here.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Registry:
         self._deployments: dict[Key, DeploymentReplicas] = {}
         self._locks: dict[Key, threading.Lock] = {}
         self._dirty: set[Key] = set()
+        self._missing: set[Key] = set()  # a Deployment or ConfigMap of theirs was deleted
         self._lock = threading.Lock()
         self.wake = threading.Event()
 
@@ -72,6 +74,11 @@ class Registry:
             old = self._objects.get(key)
             self._objects[key] = (GroupObject(dict(body), kcg) if old is None
                                   else replace(old, body=dict(body), kcg=kcg))
+            changed = old is None or _generation(old.body) != _generation(body)
+            if changed:
+                self._dirty.add(key)
+        if changed:  # a new spec: the controller reconciles it now, not at its next poll
+            self.wake.set()
 
     def reconciled(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None,
                    outcome: Reconciled, *, cluster: ClusterKey | None = None,
@@ -93,14 +100,33 @@ class Registry:
         with self._lock:
             self._objects.pop(key, None)
             self._locks.pop(key, None)
+            self._missing.discard(key)
 
     def deployment_seen(self, key: Key, replicas: tuple[int, int] | None) -> None:
         """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted."""
         with self._lock:
             if replicas is None:
                 self._deployments.pop(key, None)
+                self._missing.add(key)
             else:
                 self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic())
+        if replicas is None:
+            self.wake.set()
+
+    def config_map_seen(self, key: Key, present: bool) -> None:
+        """The consumer ConfigMap's watch: a deletion makes the workload due again."""
+        if present:
+            return
+        with self._lock:
+            self._missing.add(key)
+        self.wake.set()
+
+    def take_missing(self, key: Key) -> bool:
+        """Whether a Deployment or ConfigMap of this object was deleted since last asked."""
+        with self._lock:
+            missing = key in self._missing
+            self._missing.discard(key)
+        return missing
 
     # -- read by the controller ---------------------------------------------------------
 
@@ -136,3 +162,7 @@ class Registry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+def _generation(body: Mapping[str, Any]) -> Any:
+    return (body.get("metadata") or {}).get("generation")

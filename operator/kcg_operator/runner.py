@@ -6,6 +6,8 @@ import argparse
 import faulthandler
 import os
 import signal
+import socket
+import uuid
 from collections.abc import Sequence
 
 import kopf
@@ -23,11 +25,26 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="port of /healthz (0 disables it)")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="port of the Prometheus /metrics endpoint (0 disables it)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        default=os.environ.get("KCG_LEADER_ELECT", "") == "true",
+                        help="run as one of several replicas: only the holder of a "
+                             "coordination.k8s.io Lease writes (default: $KCG_LEADER_ELECT)")
+    parser.add_argument("--leader-election-namespace",
+                        default=os.environ.get("POD_NAMESPACE") or "default",
+                        help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
+    parser.add_argument("--leader-election-id", default="kcg-operator",
+                        help="name of the Lease; replicas that share it elect one leader")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-format", choices=["full", "plain", "json"],
                         default=os.environ.get("KCG_LOG_FORMAT", "full"),
                         help="log line format (default: $KCG_LOG_FORMAT, else full)")
     return parser.parse_args(list(argv))
+
+
+def identity() -> str:
+    """This replica's name in the Lease: the pod's name when the chart sets POD_NAME, and
+    unique per process either way (a restarted pod must not inherit a lease it lost)."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -39,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
                    log_prefix=True)  # kopf's log format, also for our loggers
     # Importing registers the handlers with kopf's default registry.
     import kcg_operator.handlers.workload  # noqa: F401
-    from kcg_operator.runtime import OperatorMemo
+    from kcg_operator.runtime import LeaderElection, OperatorMemo
 
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
@@ -49,6 +66,8 @@ def main(argv: Sequence[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
-        memo=OperatorMemo(),
+        memo=OperatorMemo(election=LeaderElection(
+            args.leader_election_namespace, args.leader_election_id, identity())
+            if args.leader_elect else None),
     )
     return 0

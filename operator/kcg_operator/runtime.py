@@ -21,6 +21,7 @@ import kopf
 from kcg_operator.api.models import GROUP_LABEL
 from kcg_operator.controller import Controller
 from kcg_operator.kube import Kube, load_client
+from kcg_operator.leader import LeaderElector
 from kcg_operator.registry import Registry
 from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS
 from kcg_operator.workload.render import DEFAULT_RELAY_IMAGE
@@ -28,6 +29,15 @@ from kcg_operator.workload.render import DEFAULT_RELAY_IMAGE
 log = logging.getLogger(__name__)
 #: A controller pass older than this fails /healthz, so the kubelet restarts a stuck loop.
 STALE_PASS_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Where the leader Lease lives and who this replica is (`kcg run --leader-elect`)."""
+
+    namespace: str
+    name: str
+    identity: str
 
 
 @dataclass
@@ -43,6 +53,10 @@ class OperatorMemo:
         default_factory=lambda: os.environ.get("KCG_RELAY_IMAGE") or DEFAULT_RELAY_IMAGE)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # None: this process alone serves its objects and always writes.
+    election: LeaderElection | None = None
+    elector: LeaderElector | None = None
+    election_thread: threading.Thread | None = None
 
     def client(self) -> Kube:
         if self.kube is None:
@@ -87,10 +101,25 @@ def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     interval = float(os.environ.get("KCG_CHECK_INTERVAL_SECONDS", "15"))
     # How long a pod may stay Pending or not Ready before PodsHealthy says so.
     grace = float(os.environ.get("KCG_POD_READY_GRACE_SECONDS", DEFAULT_READY_GRACE_SECONDS))
-    ours.controller = Controller(ours.client(), ours.registry, check_interval_s=interval,
-                                 pod_ready_grace_s=grace)
+    # Every write (the workload, replicas, status, Events) is ours: kopf posts none.
+    settings.posting.enabled = False
+    settings.watching.label_selectors["", "configmaps"] = GROUP_LABEL
+
+    kube = ours.client()
+    controller = Controller(kube, ours.registry, check_interval_s=interval,
+                            pod_ready_grace_s=grace, relay_image=ours.relay_image)
+    ours.controller = controller
     ours.stop.clear()
-    ours.thread = threading.Thread(target=ours.controller.run, args=(ours.stop,),
+    if ours.election is not None:
+        election = ours.election
+        ours.elector = LeaderElector(
+            kube.api, election.namespace, election.name, election.identity,
+            on_started_leading=controller.promoted)
+        kube.may_write = ours.elector.leading
+        ours.election_thread = threading.Thread(target=ours.elector.run, args=(ours.stop,),
+                                                name="kcg-leader-election", daemon=True)
+        ours.election_thread.start()
+    ours.thread = threading.Thread(target=controller.run, args=(ours.stop,),
                                    name="kcg-controller", daemon=True)
     ours.thread.start()
 
@@ -107,10 +136,22 @@ def controller_alive(memo: Any, **_: Any) -> float:
     return round(age, 1)
 
 
+@kopf.on.probe(id="leader")
+def leading(memo: Any, **_: Any) -> bool | None:
+    """Whether this replica leads (None without leader election)."""
+    elector = of(memo).elector
+    return None if elector is None else elector.leading()
+
+
 @kopf.on.cleanup()
 def stop(memo: Any, **_: Any) -> None:
     ours = of(memo)
+    # Hand over first: writes stop and the lease is freed, so a standby takes over within
+    # its retry interval while this process winds down.
+    if ours.elector is not None:
+        ours.elector.release()
     ours.stop.set()
     ours.registry.wake.set()
-    if ours.thread is not None:
-        ours.thread.join(timeout=10)
+    for thread in (ours.thread, ours.election_thread):
+        if thread is not None:
+            thread.join(timeout=10)

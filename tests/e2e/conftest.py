@@ -172,52 +172,76 @@ class Operator(RunningOperator):
         self._out.close()
 
 
-class OperatorPod(RunningOperator):
-    """The operator as users run it: a pod of the Helm chart, under its ServiceAccount.
+def _name(pod: client.V1Pod) -> str:
+    return str(pod.metadata.name)
 
-    Metrics are read through the apiserver's proxy to its metrics Service, which works on
-    any cluster; tests on the local node also read them straight from the ClusterIP."""
+
+class OperatorPod(RunningOperator):
+    """The operator as users run it: the Helm chart's pods (two by default, one leading),
+    under its ServiceAccount.
+
+    ``pod()`` is the leader (the holder of the chart's Lease), whose metrics and log the
+    tests read, through the apiserver's pod proxy, which works on any cluster."""
 
     def __init__(self, api: client.ApiClient, namespace: str, release: str) -> None:
         self.api, self.namespace, self.release = api, namespace, release
         self.selector = f"app.kubernetes.io/instance={release}"
+        self.lease = f"{release}-kcg-operator"
 
     def pods(self) -> list[client.V1Pod]:
         items = client.CoreV1Api(self.api).list_namespaced_pod(
             self.namespace, label_selector=self.selector).items
         return [p for p in items if p.metadata.deletion_timestamp is None]
 
-    def pod(self) -> client.V1Pod:
-        pods = self.pods()
-        assert len(pods) == 1, [p.metadata.name for p in pods]
-        return pods[0]
+    def leader_name(self) -> str | None:
+        """The pod that holds the Lease (identities are "<pod>_<process id>")."""
+        try:
+            lease = client.CoordinationV1Api(self.api).read_namespaced_lease(
+                self.lease, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        holder = lease.spec.holder_identity if lease.spec else None
+        return holder.rsplit("_", 1)[0] if holder else None
 
-    def service(self) -> client.V1Service:
-        services = client.CoreV1Api(self.api).list_namespaced_service(
-            self.namespace, label_selector=self.selector).items
-        assert len(services) == 1, [s.metadata.name for s in services]
-        return services[0]
+    def pod(self) -> client.V1Pod:
+        """The leading pod."""
+        pods, leader = self.pods(), self.leader_name()
+        found = [p for p in pods if p.metadata.name == leader]
+        assert found, f"no running pod holds the lease ({leader}): {[_name(p) for p in pods]}"
+        return found[0]
+
+    def metrics_of(self, pod: str) -> str:
+        out = client.CoreV1Api(self.api).connect_get_namespaced_pod_proxy_with_path(
+            f"{pod}:9090", self.namespace, "metrics", _preload_content=False)
+        return str(out.data.decode())
 
     def metrics(self) -> str:
-        name = self.service().metadata.name
-        out = client.CoreV1Api(self.api).connect_get_namespaced_service_proxy_with_path(
-            f"http:{name}:metrics", self.namespace, "metrics", _preload_content=False)
-        return str(out.data.decode())
+        return self.metrics_of(self.pod().metadata.name)
 
     def log_text(self) -> str:
         return str(client.CoreV1Api(self.api).read_namespaced_pod_log(
             self.pod().metadata.name, self.namespace, container="operator"))
 
     def wait_ready(self, timeout: float = 120) -> client.V1Pod:
+        """Every replica Ready and one of them leading; returns the leader."""
+        wanted = client.AppsV1Api(self.api).read_namespaced_deployment(
+            self.lease, self.namespace).spec.replicas
+
         def ready() -> client.V1Pod | None:
             pods = self.pods()
-            if len(pods) != 1 or not pods[0].status.container_statuses:
+            if len(pods) != wanted or not all(
+                    p.status.container_statuses
+                    and all(c.ready for c in p.status.container_statuses) for p in pods):
                 return None
-            ok = all(c.ready for c in pods[0].status.container_statuses)
-            return pods[0] if ok else None
+            leader = self.leader_name()
+            return next((p for p in pods if p.metadata.name == leader), None)
 
-        pod: client.V1Pod = eventually(ready, timeout=timeout, what="the operator pod Ready")
-        eventually(lambda: "kcg_" in self.metrics(), timeout=60, what="operator metrics")
+        pod: client.V1Pod = eventually(ready, timeout=timeout,
+                                       what="the operator pods Ready and one leading")
+        eventually(lambda: "kcg_operator_leader 1.0" in self.metrics(), timeout=60,
+                   what="the leader's metrics")
         return pod
 
 
@@ -260,7 +284,9 @@ def operator(cluster: dict[str, str], crds_installed: None, kube_api: client.Api
         return
     image = cluster.get("OPERATOR_IMAGE")
     if image:
-        namespace, release = f"kcg-e2e-{uuid.uuid4().hex[:6]}", "kcg"
+        # Cluster-scoped names (the ClusterRole) derive from the release: unique per run.
+        run_id = uuid.uuid4().hex[:6]
+        namespace, release = f"kcg-e2e-{run_id}", f"kcg-{run_id}"
         install_operator(cluster["KUBECONFIG"], namespace, release, image)
         pod = OperatorPod(kube_api, namespace, release)
         try:

@@ -24,7 +24,7 @@ GROUP, VERSION, PLURAL = "kcg.dev", "v1alpha1", "kafkaconsumergroups"
 # Exactly what the operator does in the API, and nothing more.
 OPERATOR_RULES = [
     {"apiGroups": ["kcg.dev"], "resources": ["kafkaconsumergroups"],
-     "verbs": ["get", "list", "watch", "patch"]},
+     "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["kcg.dev"], "resources": ["kafkaconsumergroups/status"],
      "verbs": ["get", "patch"]},
     {"apiGroups": ["kcg.dev"], "resources": ["kafkaconsumergroups/finalizers"],
@@ -33,13 +33,21 @@ OPERATOR_RULES = [
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["configmaps"],
-     "verbs": ["get", "create", "patch", "delete"]},
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
+
+
+def _lease_rules(lease: str) -> list[dict[str, Any]]:
+    """Leader election: its one Lease by name, in the release namespace only."""
+    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [lease], "verbs": ["get", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["create"]}]
 
 
 def _eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "it") -> Any:
@@ -95,8 +103,10 @@ def test_helm_lint_is_clean(helm: Helm, args: list[str]) -> None:
 def test_rendered_deployment_is_non_root_read_only_and_probed(helm: Helm) -> None:
     docs = _render(helm)
     deployment = _one(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leading: a standby survives a node drain (the budget keeps one).
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert _one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == _one(docs, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -123,7 +133,8 @@ def test_rendered_deployment_is_non_root_read_only_and_probed(helm: Helm) -> Non
     volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
     assert volume["emptyDir"] == {"sizeLimit": "64Mi"}  # /tmp cannot fill the node's disk
 
-    assert container["args"] == ["run", "--all-namespaces"]
+    assert container["args"] == ["run", "--leader-elect", "--leader-election-id",
+                                 "rel-kcg-operator", "--all-namespaces"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KCG_RELAY_IMAGE"] == container["image"] == "ghcr.io/kcg-dev/kcg-operator:0.1.0"
     assert env["KCG_LOG_FORMAT"] == "json"
@@ -141,7 +152,12 @@ def test_rendered_cluster_wide_rbac_is_exactly_the_operator_rights(helm: Helm) -
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": "ops",
                                     "name": _one(docs, "ServiceAccount")["metadata"]["name"]}]
-    assert not _kinds(docs, "Role") and not _kinds(docs, "RoleBinding")
+    # The only namespaced rights: the leader Lease in the release namespace.
+    (lease_role,) = _kinds(docs, "Role")
+    assert lease_role["metadata"]["namespace"] == "ops"
+    assert lease_role["rules"] == _lease_rules("rel-kcg-operator")
+    (lease_binding,) = _kinds(docs, "RoleBinding")
+    assert lease_binding["roleRef"]["name"] == lease_role["metadata"]["name"]
 
 
 def test_watch_namespaces_render_one_role_each_and_nothing_cluster_wide(helm: Helm) -> None:
@@ -151,7 +167,8 @@ def test_watch_namespaces_render_one_role_each_and_nothing_cluster_wide(helm: He
     account = _one(docs, "ServiceAccount")["metadata"]["name"]
     roles = {r["metadata"]["namespace"]: r for r in _kinds(docs, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in _kinds(docs, "RoleBinding")}
-    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b", "ops"}
+    assert roles["ops"]["rules"] == _lease_rules("rel-kcg-operator")
     for ns in ("team-a", "team-b"):
         assert roles[ns]["rules"] == OPERATOR_RULES
         assert bindings[ns]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
@@ -159,7 +176,21 @@ def test_watch_namespaces_render_one_role_each_and_nothing_cluster_wide(helm: He
         assert bindings[ns]["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                              "namespace": "ops"}]
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["run", "--namespace", "team-a", "--namespace", "team-b"]
+    assert container["args"] == ["run", "--leader-elect", "--leader-election-id",
+                                 "rel-kcg-operator", "--namespace", "team-a",
+                                 "--namespace", "team-b"]
+
+
+def test_one_writer_without_leader_election(helm: Helm) -> None:
+    refused = helm("template", "rel", CHART, "--set", "leaderElection.enabled=false",
+                   check=False)
+    assert refused.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in refused.stderr
+    docs = _render(helm, "--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    deployment = _one(docs, "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-elect" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not _kinds(docs, "Role") and not _kinds(docs, "PodDisruptionBudget")
 
 
 def test_optional_objects_and_settings(helm: Helm) -> None:
@@ -264,9 +295,9 @@ def _can_run_the_operator_in(sa: client.ApiClient, kube: client.ApiClient, ns: s
     assert [item["metadata"]["name"] for item in listed["items"]] == [name]
     assert name in _watch_kcgs(custom, ns)
     custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    patched = custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {"kcg.dev/test": "1"}}})
-    assert patched["metadata"]["annotations"]["kcg.dev/test"] == "1"
+    _refused(lambda: custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {"kcg.dev/test": "1"}}}),
+        "change a KafkaConsumerGroup (the operator only reads them)")
     status = custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, ns, PLURAL, name, {"status": {"observedGeneration": 1}})
     assert status["status"]["observedGeneration"] == 1
@@ -278,6 +309,8 @@ def _can_run_the_operator_in(sa: client.ApiClient, kube: client.ApiClient, ns: s
     apps.delete_namespaced_deployment("consumer", ns)
 
     core.create_namespaced_config_map(ns, _config_map("consumer-config"))
+    # Listed (and watched) so that one deleted by hand is noticed and put back.
+    assert "consumer-config" in [c.metadata.name for c in core.list_namespaced_config_map(ns).items]
     core.patch_namespaced_config_map("consumer-config", ns, {"data": {"a": "2"}})
     assert core.read_namespaced_config_map("consumer-config", ns).data == {"a": "2"}
     core.delete_namespaced_config_map("consumer-config", ns)
@@ -294,6 +327,22 @@ def _can_run_the_operator_in(sa: client.ApiClient, kube: client.ApiClient, ns: s
             api_version=f"{GROUP}/{VERSION}", kind="KafkaConsumerGroup", name=name,
             namespace=ns, uid=kcg["metadata"]["uid"]),
         reason="Test", message="an event from the operator's account", type="Normal"))
+
+
+def _can_hold_only_its_own_lease(sa: client.ApiClient, install: ChartInstall) -> None:
+    """Leader election: create and renew the release's Lease, touch no other."""
+    leases, ns = client.CoordinationV1Api(sa), install.namespace
+    name = f"{install.release}-kcg-operator"
+    lease = _eventually(lambda: leases.create_namespaced_lease(ns, client.V1Lease(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1LeaseSpec(holder_identity="test", lease_duration_seconds=6))),
+        what="creating the leader Lease")
+    lease.spec.holder_identity = "test-2"
+    assert leases.replace_namespaced_lease(name, ns, lease).spec.holder_identity == "test-2"
+    _refused(lambda: leases.read_namespaced_lease("kube-scheduler", "kube-system"),
+             "read another component's Lease")
+    _refused(lambda: leases.list_namespaced_lease(ns), "list Leases")
+    _refused(lambda: leases.delete_namespaced_lease(name, ns), "delete its Lease")
 
 
 def _refused_what_the_operator_must_never_do(sa: client.ApiClient, install: ChartInstall,
@@ -360,6 +409,7 @@ def test_cluster_wide_token_does_the_operator_job_and_nothing_else(
                     what="listing kafkaconsumergroups in all namespaces")
         _watch_kcgs(custom, None)
         _can_run_the_operator_in(sa, kube, namespace)
+        _can_hold_only_its_own_lease(sa, install)
         _refused_what_the_operator_must_never_do(sa, install, namespace)
 
 
@@ -389,11 +439,12 @@ def test_namespaced_token_is_confined_to_the_watched_namespaces(
     assert not rbac.list_cluster_role_binding(label_selector=release_label).items
     assert {r.metadata.namespace for r in
             rbac.list_role_for_all_namespaces(label_selector=release_label).items} == {
-        team_a, team_b}
+        team_a, team_b, namespace}  # the release namespace: the leader Lease only
     deployment = client.AppsV1Api(kube).read_namespaced_deployment(
         f"{install.release}-kcg-operator", namespace)
     assert deployment.spec.template.spec.containers[0].args == [
-        "run", "--namespace", team_a, "--namespace", team_b]
+        "run", "--leader-elect", "--leader-election-id", f"{install.release}-kcg-operator",
+        "--namespace", team_a, "--namespace", team_b]
 
     outside = namespace  # the release's own namespace is not in the list
     _kcg(kube, outside)

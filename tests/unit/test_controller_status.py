@@ -9,7 +9,7 @@ import pytest
 from kcg_operator.api.models import KafkaConsumerGroupStatus, parse_kafka_consumer_group
 from kcg_operator.conditions import condition
 from kcg_operator.controller import Controller
-from kcg_operator.handlers.workload import initial_replicas
+from kcg_operator.reconciler import initial_replicas
 from kcg_operator.registry import GroupObject, Reconciled, Registry
 from kcg_operator.scaling.collector import GroupSnapshot, Member
 from kcg_operator.status import (
@@ -219,6 +219,10 @@ class _FakeKube:
         self.events: list[tuple[str, str, str]] = []
         self.statuses: list[dict[str, Any]] = []
         self.scaled: list[int] = []
+        self.leader = True
+
+    def may_write(self) -> bool:
+        return self.leader
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self.scaled.append(replicas)
@@ -427,3 +431,33 @@ def test_long_lists_in_status_are_capped() -> None:
     conds = _conditions(status)
     assert conds["RebalanceCompliant"]["message"].count("@/10.0.0.1") == 10
     assert conds["LagHealthy"]["message"].count("=STALL") == 12
+
+
+def test_a_standby_evaluates_but_writes_nothing_until_it_leads() -> None:
+    kube = _FakeKube()
+    kube.leader = False
+    ctl = _controller(kube)
+    obj, key = _ready_object(), ("shop", "orders")
+    kube.pods = [_pulling_pod()]
+    ctl.evaluate(key, obj, _snap())
+    assert (kube.statuses, kube.events, kube.scaled, kube.lists) == ([], [], [], [])
+
+    kube.leader = True  # promoted: the next check writes what it sees
+    ctl.evaluate(key, obj, _snap(time_s=115.0))
+    assert kube.statuses and kube.statuses[-1]["health"] == "ImagePullBackOff"
+    assert [e[:2] for e in kube.events] == [("Warning", "PodsUnhealthy")]
+
+
+def test_a_new_leader_does_not_rewrite_the_status_the_last_one_left() -> None:
+    kube = _FakeKube()
+    ctl = _controller(kube, replicas=(1, 1))
+    obj, key = _ready_object(), ("shop", "orders")
+    kube.pods = [_running_pod()]
+    ctl.evaluate(key, obj, _snap())
+    written = kube.statuses[-1]
+    successor_kube = _FakeKube()
+    successor_kube.pods = [_running_pod()]
+    successor = _controller(successor_kube, replicas=(1, 1))
+    body = {**obj.body, "status": written}
+    successor.evaluate(key, GroupObject(body, obj.kcg, reconciled=obj.reconciled), _snap())
+    assert successor_kube.statuses == []

@@ -77,10 +77,10 @@ namespaces, no CRDs, no kopf peering objects (the operator runs kopf standalone 
 its resources through API discovery).
 */}}
 {{- define "kcg-operator.rules" -}}
-# The custom resources: watch them; kopf keeps its progress in their annotations.
+# The custom resources: watched only (the operator never changes their spec or metadata).
 - apiGroups: ["kcg.dev"]
   resources: ["kafkaconsumergroups"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 # Report status and conditions (server-side apply on the status subresource).
 - apiGroups: ["kcg.dev"]
   resources: ["kafkaconsumergroups/status"]
@@ -99,10 +99,11 @@ its resources through API discovery).
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
-# The consumer properties file (owned by the custom resource); never listed or watched.
+# The consumer properties file (owned by the custom resource): server-side apply, and a
+# watch (label-selected: only ours) so one deleted by hand is put back.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Read the Secret named by spec.kafka.secretRef (its keys, and auth for lag collection).
 # Only `get` by name: the operator can never list or watch Secrets.
 - apiGroups: [""]
@@ -114,11 +115,16 @@ its resources through API discovery).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# Events that explain its decisions (kopf posts core/v1 Events).
+# Events that explain its decisions (core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The leader election Lease (in the release namespace). */}}
+{{- define "kcg-operator.leaseName" -}}
+{{- default (include "kcg-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
