@@ -83,7 +83,7 @@ Columns:
   STATUS          Burrow's verdict (OK, WARN, STOP, STALL, REWIND) over THIS command's
                   own samples: --samples sweeps, --interval seconds apart (default
                   {DEFAULT_SAMPLES}, {DEFAULT_INTERVAL_SECONDS:g} s apart), judged by the
-                  operator's rules.
+                  operator's rules; '-' with --samples 1 (one sample judges nothing).
                   A one-shot call sees only that short window; with --watch the window
                   grows with every frame (up to Burrow's 10 commits). The operator's own
                   verdict, over its longer window, is shown beside it ("operator:").
@@ -120,8 +120,8 @@ def parser() -> argparse.ArgumentParser:
                           f"(default {DEFAULT_INTERVAL_SECONDS:g})")
     describe.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                           help="sweeps the STATUS column is judged over before the first "
-                          f"frame (default {DEFAULT_SAMPLES}; 1 shows the offsets at once "
-                          "and judges only STOP)")
+                          f"frame (default {DEFAULT_SAMPLES}; 1 shows the offsets at once, "
+                          "without STATUS)")
     describe.add_argument("--request-timeout", type=float, default=10.0,
                           help="seconds to wait for each Kafka request (default 10)")
     # Stops --watch after this many frames: for tests and scripts, not for people.
@@ -261,6 +261,9 @@ def frame_json(frame: Frame) -> dict[str, Any]:
     """The ``-o json`` document: stable keys, null for what is not known."""
     target, snap = frame.target, frame.snap
     by_partition = owners(snap.members)
+    # One sample is a one-commit window: Burrow's rules can only say OK, which would
+    # claim health nobody judged.
+    statuses = frame.statuses if frame.samples >= health.MOVEMENT_COMMITS else {}
     partitions = []
     for tp in sorted(frame.lags):
         p = frame.lags[tp]
@@ -269,7 +272,7 @@ def frame_json(frame: Frame) -> dict[str, Any]:
             "topic": tp[0], "partition": tp[1],
             "committedOffset": p.committed, "position": p.position, "endOffset": p.end,
             "lag": p.lag, "secondsBehind": _seconds(p.seconds),
-            "status": frame.statuses.get(tp),
+            "status": statuses.get(tp),
             "memberId": owner.member_id if owner else None,
             "clientId": owner.client_id if owner else None,
             "host": owner.host if owner else None,
@@ -298,7 +301,7 @@ def frame_json(frame: Frame) -> dict[str, Any]:
         "totalLag": lagmath.total(frame.lags) if snap.broker_ok else None,
         "maxSecondsBehind": _seconds(lagmath.max_seconds(frame.lags)),
         "status": {
-            "group": health.group_status(frame.statuses.values()) if frame.statuses else None,
+            "group": health.group_status(statuses.values()) if statuses else None,
             "samples": frame.samples,
             "windowSeconds": round(frame.window_seconds, 1),
         },
@@ -338,8 +341,12 @@ def render_table(doc: Mapping[str, Any]) -> str:
                  f"{len(doc['partitions'])} partitions, "
                  + ("seconds behind unknown" if behind is None else f"{behind} s behind"))
     samples = status["samples"]
-    lines.append(f"Status:      {_cell(status['group'])} (Burrow's rules over this command's "
-                 f"{samples} sample{'s' if samples != 1 else ''} in {status['windowSeconds']} s)")
+    if status["group"] is None:
+        lines.append(f"Status:      - (not judged: {samples} sample; use --samples 2 or more, "
+                     "or --watch)")
+    else:
+        lines.append(f"Status:      {status['group']} (Burrow's rules over this command's "
+                     f"{samples} samples in {status['windowSeconds']} s)")
     operator = _cell(op["lagStatus"])
     if op["lagMessage"]:
         operator += f": {op['lagMessage']}"

@@ -226,3 +226,14 @@ def test_the_help_says_where_the_status_comes_from_and_hides_the_frame_limit() -
         ["describe", "orders", "-n", "shop", "-o", "json", "-w", "--frames", "2"]
     )
     assert (args.namespace, args.output, args.watch, args.frames) == ("shop", "json", True, 2)
+
+
+def test_one_sample_judges_nothing() -> None:
+    """A one-commit window can only say OK: the plugin shows no verdict instead."""
+    frame = _frame(_snap(), {("orders", 0): "OK", ("orders", 1): "OK", ("orders", 2): "OK"})
+    doc = frame_json(Frame(frame.target, frame.snap, frame.lags, frame.statuses, 1, 0.0))
+    assert doc["status"]["group"] is None
+    assert {p["status"] for p in doc["partitions"]} == {None}
+    assert "Status:      - (not judged: 1 sample; use --samples 2 or more, or --watch)" in (
+        render_table(doc).splitlines()
+    )
