@@ -482,3 +482,23 @@ def _bridge_ports(slot: Slot) -> list[str]:
     with contextlib.suppress(ValueError):
         return [link["ifname"] for link in json.loads(out.stdout or "[]")]
     return []
+
+
+def pod_processes(pod_uid: str, command_word: str = "") -> list[int]:
+    """PIDs of the processes of one pod on this machine's node (its cgroup names the pod's
+    UID), optionally only those with ``command_word`` in their argv: for fault tests that
+    kill a container's process the way a crash would (SIGKILL, no API involved)."""
+    marker = f"pod{pod_uid}"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker not in (proc / "cgroup").read_text():
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if not command_word or command_word.encode() in argv:
+            found.append(int(proc.name))
+    return found
