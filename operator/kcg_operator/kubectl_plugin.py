@@ -486,8 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser().print_help()
         return 2
-    # Output into a closed pipe (`| head`) ends quietly, as kubectl does.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Output into a closed pipe (`| head`) ends quietly, as kubectl does (no SIGPIPE on
+    # Windows).
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return run_describe(args, sys.stdout)
     except PluginError as exc:

@@ -3,9 +3,10 @@ kafka-consumer-groups and against the operator's status and metrics (issue 11.5)
 Scaled Events `kubectl describe kcg` shows carry the figures the decision used (11.6).
 
 The groups here are quiet: their consumers committed some offsets and then stopped, so
-Kafka's tool, the plugin and the operator must all see the same numbers. One group keeps
-a live member that no longer commits (it owns every partition, one of them never
-committed); the other has no members left.
+Kafka's tool, the plugin and the operator must all see the same numbers. Two groups keep a
+live member that no longer commits (it owns every partition, one of them never
+committed), one on the classic protocol with cooperative-sticky, one on the KIP-848
+consumer protocol (server-side assignor); the third has no members left.
 
 What the comparison translates, and why:
 
@@ -101,13 +102,16 @@ def _produce(bootstrap: str, topic: str) -> dict[tuple[int, int], float]:
     return stamps
 
 
-def _consumer(bootstrap: str, group: str, topic: str) -> Consumer:
-    """A cooperative-sticky member of `group` that owns every partition of `topic`."""
-    consumer = Consumer({
+def _consumer(bootstrap: str, group: str, topic: str, protocol: str = "classic") -> Consumer:
+    """A member of `group` that owns every partition of `topic`: cooperative-sticky on the
+    classic protocol, the broker's assignor on the consumer protocol."""
+    settings: dict[str, Any] = {
         "bootstrap.servers": bootstrap, "group.id": group, "client.id": CLIENT_ID,
-        "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-    })
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "group.protocol": protocol,
+    }
+    if protocol == "classic":
+        settings["partition.assignment.strategy"] = "cooperative-sticky"
+    consumer = Consumer(settings)
     consumer.subscribe([topic])
     deadline = time.monotonic() + 30
     while len(consumer.assignment()) < PARTITIONS:
@@ -131,8 +135,9 @@ class LiveMember:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, bootstrap: str, group: str, topic: str) -> LiveMember:
-        consumer = _consumer(bootstrap, group, topic)
+    def start(cls, bootstrap: str, group: str, topic: str,
+              protocol: str = "classic") -> LiveMember:
+        consumer = _consumer(bootstrap, group, topic, protocol)
         _commit(consumer, topic, LIVE_COMMITS)
         consumer.pause(consumer.assignment())
         stop = threading.Event()
@@ -212,6 +217,7 @@ class QuietGroups:
     topic: str
     live_group: str
     gone_group: str
+    next_group: str  # KIP-848
     stamps: dict[tuple[int, int], float]
     log_starts: dict[int, int]
 
@@ -225,10 +231,12 @@ def quiet_groups(operator: RunningOperator, cluster: dict[str, str],
     stamps = _produce(bootstrap, name)
     suffix = uuid.uuid4().hex[:6]
     live_group, gone_group = f"plugin-live-{suffix}", f"plugin-gone-{suffix}"
+    next_group = f"plugin-next-{suffix}"
     gone = _consumer(bootstrap, gone_group, name)
     _commit(gone, name, GONE_COMMITS)
     gone.close()
     live = LiveMember.start(bootstrap, live_group, name)
+    kip848 = LiveMember.start(bootstrap, next_group, name, protocol="consumer")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     starts = admin.list_offsets({TopicPartition(name, p): OffsetSpec.earliest()
                                  for p in range(PARTITIONS)}, request_timeout=10)
@@ -240,10 +248,14 @@ def quiet_groups(operator: RunningOperator, cluster: dict[str, str],
     kubectl("apply", "-n", ns, "-f", "-", stdin=_kcg(
         "gone", gone_group, name, spec_bootstrap, replicas=0,
         consumerConfig={"auto.offset.reset": "latest"}))
+    kubectl("apply", "-n", ns, "-f", "-", stdin=_kcg(
+        "next", next_group, name, spec_bootstrap, replicas=0, rebalanceProtocol="consumer",
+        consumerConfig={"auto.offset.reset": "earliest"}))
     try:
-        yield QuietGroups(name, live_group, gone_group, stamps, log_starts)
+        yield QuietGroups(name, live_group, gone_group, next_group, stamps, log_starts)
     finally:
         live.close()
+        kip848.close()
 
 
 def _plugin(kubectl: Callable[..., Any], *args: str,
@@ -269,7 +281,8 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
         "live": {p: ends[p] - LIVE_COMMITS.get(p, g.log_starts[p]) for p in ends},  # earliest
         "gone": {p: ends[p] - GONE_COMMITS.get(p, ends[p]) for p in ends},  # latest (set)
     }
-    for name in ("live", "gone"):
+    expected["next"] = expected["live"]
+    for name in ("live", "gone", "next"):
         want = sum(expected[name].values())
 
         def published(name: str = name, want: int = want) -> bool:
@@ -286,8 +299,9 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
         eventually(published, timeout=60, what=f"the operator's status of {name}")
         eventually(judged, timeout=60, what=f"the operator's Burrow verdict on {name}")
 
-    for name, group, commits in (("live", g.live_group, LIVE_COMMITS),
-                                 ("gone", g.gone_group, GONE_COMMITS)):
+    for name, group, commits, protocol in (("live", g.live_group, LIVE_COMMITS, "classic"),
+                                           ("gone", g.gone_group, GONE_COMMITS, "classic"),
+                                           ("next", g.next_group, LIVE_COMMITS, "consumer")):
         before = time.time()
         doc = json.loads(_plugin(kubectl, "describe", name, "-n", ns, "-o", "json").stdout)
         after = time.time()
@@ -311,7 +325,9 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
             assert row["CONSUMER-ID"] == (mine["memberId"] or "-")
             assert row["HOST"] == (mine["host"] or "-")
             assert row["CLIENT-ID"] == (mine["clientId"] or "-")
-        # Partitions Kafka's tool leaves out are the never-committed ones nobody owns.
+        # Kafka's tool lists the owned partitions, or without members the committed ones;
+        # those it leaves out are the never-committed ones nobody owns.
+        assert set(kafka) == (set(rows) if doc["group"]["members"] else set(commits))
         for partition in set(rows) - set(kafka):
             assert rows[partition]["committedOffset"] is None
             assert rows[partition]["memberId"] is None
@@ -323,7 +339,7 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
         assert re.sub("[^A-Z]", "", doc["group"]["state"]) == state["state"].upper()
         assert (doc["group"]["assignor"] or "-") == state["assignor"]
         assert len(doc["group"]["members"]) == int(state["members"])
-        assert doc["group"]["protocol"] == "classic"
+        assert doc["group"]["protocol"] == protocol
 
         # Seconds behind: now minus the timestamp of the message at the position.
         for partition, mine in rows.items():
