@@ -491,3 +491,37 @@ def test_scaled_events_show_the_numbers_the_decision_used(
     for key in ("lag=3000", "secondsBehind=", "productionRate=unknown", "replicas=1->3",
                 "recommended=3", "partitions=6"):
         assert key in events_block, events_block
+
+
+def test_describe_connects_with_the_referenced_secrets_settings(
+    plugin_env: None, cluster: dict[str, str], topic: Callable[..., str],
+    kubectl: Callable[..., Any], ns: str,
+) -> None:
+    """Credentials come only from the Secret named by spec.kafka.secretRef, passed as the
+    operator passes them: its settings are what the plugin connects with."""
+    name, group = topic(2), f"plugin-auth-{uuid.uuid4().hex[:6]}"
+
+    def apply(secret: str) -> None:
+        kubectl("apply", "-n", ns, "-f", "-", stdin=_kcg(
+            "auth", group, name, cluster["SPEC_BOOTSTRAP"],
+            replicas=0, kafka={"bootstrapServers": cluster["SPEC_BOOTSTRAP"],
+                               "secretRef": {"name": secret}}))
+
+    apply("kafka-auth")
+    missing = _plugin(kubectl, "describe", "auth", "-n", ns, check=False)
+    assert missing.returncode == 1
+    assert ("Secret 'kafka-auth' named by spec.kafka.secretRef does not exist in namespace "
+            f"{ns}") in missing.stderr
+    for secret, protocol in (("plain", "PLAINTEXT"), ("tls", "SSL")):
+        kubectl("create", "secret", "generic", secret, "-n", ns,
+                f"--from-literal=security.protocol={protocol}")
+    apply("plain")
+    doc = json.loads(_plugin(kubectl, "describe", "auth", "-n", ns, "--samples", "1",
+                             "-o", "json").stdout)
+    assert doc["brokerOk"] and len(doc["partitions"]) == 2
+    # The stack's broker speaks plaintext only: TLS from the Secret cannot reach it.
+    apply("tls")
+    refused = _plugin(kubectl, "describe", "auth", "-n", ns, "--samples", "1",
+                      "--request-timeout", "3", check=False)
+    assert refused.returncode == 1
+    assert "Error:       Kafka did not answer:" in refused.stdout
