@@ -470,7 +470,8 @@ def test_scaled_events_show_the_numbers_the_decision_used(
                 if e.reason == "Scaled" and e.involved_object.name == "scaled"]
 
     events = eventually(scaled, timeout=90, what="a Scaled Event")
-    message = events[0].message
+    event = min(events, key=lambda e: e.first_timestamp)  # the scale from 1
+    message = event.message
     found = re.search(r"\[([^\[\]]*)\]$", message)
     assert found, message
     figures = dict(pair.split("=", 1) for pair in found[1].split())
@@ -481,7 +482,7 @@ def test_scaled_events_show_the_numbers_the_decision_used(
     # The first look has no rates yet; seconds behind is the oldest waiting message's age
     # when the decision was taken (the Event's time has whole seconds).
     assert figures["productionRate"] == "unknown" == figures["perReplicaRate"]
-    created = (events[0].event_time or events[0].first_timestamp).timestamp()
+    created = (event.event_time or event.first_timestamp).timestamp()
     age = created - min(first.values())
     assert age - 3 <= float(figures["secondsBehind"]) <= age + 1, (figures, age)
     # `kubectl describe kcg` shows it, the reason and every figure.
