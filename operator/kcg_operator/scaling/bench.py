@@ -20,7 +20,14 @@ search, all on the same traffic:
 Prints a table per variant, KEDA's fronts, where kcg loses, and, as its very last line,
 one JSON object with every figure and, per scenario and variant, whether each goal holds.
 
+With ``--plot-dir`` (``make bench-scaling`` passes ``benchmarks/out/scaling``) it also
+draws one picture per scenario (:mod:`.plot`), for one noise variant (``--plot-seed``,
+the first seed by default): kcg, the KEDA run :func:`keda_pick` chooses from the sweep
+(the one the table's "KEDA best" column shows) and the oracle's schedule, on the same
+traffic. The JSON's ``plots`` maps each scenario to its file.
+
     python -m kcg_operator.scaling.bench [--scenarios DIR] [--seeds 1,2] [--jobs 2]
+                                         [--plot-dir DIR] [--plot-seed N|clean]
 """
 
 from __future__ import annotations
@@ -34,15 +41,19 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kcg_operator.scaling.keda import KedaConfig, KedaPolicy
 from kcg_operator.scaling.noise import Noise
-from kcg_operator.scaling.oracle import DEFAULT_BEAM, search
+from kcg_operator.scaling.oracle import DEFAULT_BEAM, OraclePolicy, Plan, search
 from kcg_operator.scaling.policy import KcgPolicy
 from kcg_operator.scaling.scenario import Scenario, ScenarioError, load_scenario
 from kcg_operator.scaling.simulator import SimResult, simulate
-from kcg_operator.scaling.world import build_traffic
+from kcg_operator.scaling.world import Traffic, build_traffic
+
+if TYPE_CHECKING:
+    # Imported where used: matplotlib is only needed when pictures are asked for.
+    from kcg_operator.scaling.plot import Run
 
 DEFAULT_DIR = Path("examples/scenarios")
 DEFAULT_SEEDS = (1, 2)
@@ -53,6 +64,8 @@ SWEEP_SECONDS_LOW = 2.0
 SWEEP_POINTS = 14
 #: Bisection steps around where KEDA's violations reach kcg's.
 REFINE_STEPS = 3
+#: Where ``make bench-scaling`` writes its pictures (git-ignored).
+DEFAULT_PLOT_DIR = Path("benchmarks/out/scaling")
 
 
 @dataclass(frozen=True)
@@ -146,9 +159,98 @@ def keda_sweep(
     return points
 
 
-def run_case(job: tuple[str, int | None, int | None]) -> dict[str, Any]:
-    """kcg, KEDA's sweep and the oracle on one scenario file and noise seed."""
-    path, seed, beam = job
+def cheapest_reaching(points: Iterable[Point], violation_seconds: int) -> Point | None:
+    """The KEDA run with the fewest replica-seconds among those with at most
+    ``violation_seconds`` over the SLO: KEDA at its best at kcg's SLO."""
+    reach = [p for p in points if p.violation_seconds <= violation_seconds]
+    return min(reach, key=lambda p: p.replica_seconds) if reach else None
+
+
+def keda_pick(points: Sequence[Point], kcg_violations: int) -> tuple[Point, str]:
+    """The KEDA run to draw beside kcg, and why that one.
+
+    The table's "KEDA best" run (:func:`cheapest_reaching`) when KEDA reaches kcg's
+    violation seconds at all; otherwise the front point whose violations come closest.
+    """
+    cheapest = cheapest_reaching(points, kcg_violations)
+    if cheapest is not None:
+        return cheapest, "the cheapest swept run at kcg's SLO-violation seconds"
+    if not points:
+        raise ValueError("no KEDA runs to pick from")
+    closest = min(
+        pareto_front(points),
+        key=lambda p: (abs(p.violation_seconds - kcg_violations), p.replica_seconds),
+    )
+    return closest, "the front point closest to kcg's SLO-violation seconds"
+
+
+_PRESET_WORDS = {"careful": "set carefully", "defaults": "as installed"}
+KedaMode = Literal["installed", "best"]
+KEDA_MODES: tuple[KedaMode, ...] = ("installed", "best")
+
+
+def keda_label(preset: str, threshold: int, why: str = "") -> str:
+    words = _PRESET_WORDS.get(preset, preset)
+    return f"KEDA {words}, lagThreshold {threshold:,}" + (f" ({why})" if why else "")
+
+
+def oracle_label(plan: Plan) -> str:
+    found = "optimal" if plan.exact else "best schedule found"
+    return f"oracle ({found}; knows the future)"
+
+
+def comparison_runs(
+    scenario: Scenario,
+    noise: Noise | None,
+    *,
+    keda: KedaMode = "installed",
+    oracle: bool = False,
+    known: dict[str, SimResult] | None = None,
+    traffic: Traffic | None = None,
+    points: Sequence[Point] | None = None,
+    plan: Plan | None = None,
+) -> list[Run]:
+    """kcg, KEDA and (with ``oracle`` or a ``plan``) the oracle, on the same traffic.
+
+    ``keda``: "installed" is KEDA with its defaults and lagThreshold = lagPerReplica (what
+    ``kcg simulate --policy keda`` runs); "best" sweeps lagThreshold as the benchmark does
+    (or takes the sweep's ``points``) and draws :func:`keda_pick`'s run. ``known`` reuses
+    runs already simulated with those settings, by policy name; ``plan`` reuses an oracle
+    search.
+    """
+    from kcg_operator.scaling.plot import Run
+
+    known = known or {}
+    traffic = traffic if traffic is not None else build_traffic(scenario, noise)
+    kcg = known.get("kcg") or simulate(scenario, KcgPolicy(), noise, traffic)
+    runs = [Run(kcg, "kcg")]
+    if keda == "best":
+        if points is None:
+            points = keda_sweep(scenario, noise, traffic, kcg.slo_violation_seconds)
+        chosen, why = keda_pick(points, kcg.slo_violation_seconds)
+        config = _config(scenario, chosen.preset, chosen.threshold)
+        keda_run = simulate(scenario, KedaPolicy(config), noise, traffic)
+        runs.append(Run(keda_run, keda_label(chosen.preset, chosen.threshold, why)))
+    else:
+        installed = KedaConfig.defaults(scenario.scaling)
+        keda_run = known.get("keda") or simulate(scenario, KedaPolicy(installed), noise, traffic)
+        runs.append(Run(keda_run, keda_label("defaults", installed.lag_threshold)))
+    if plan is None and oracle:
+        plan = search(scenario, noise, traffic=traffic)
+    if plan is not None:
+        oracle_run = known.get("oracle") or simulate(scenario, OraclePolicy(plan), noise, traffic)
+        runs.append(Run(oracle_run, oracle_label(plan)))
+    return runs
+
+
+def plot_file(directory: Path, scenario: str, seed: int | None) -> Path:
+    return directory / f"{scenario}-{'clean' if seed is None else f'seed{seed}'}.png"
+
+
+def run_case(job: tuple[str, int | None, int | None, str | None]) -> dict[str, Any]:
+    """kcg, KEDA's sweep and the oracle on one scenario file and noise seed; with a
+    picture directory, the picture of the three."""
+    path, seed, beam, plot_dir = job
     started = time.monotonic()
     scenario = load_scenario(Path(path))
     noise = None if seed is None else Noise(seed=seed)
@@ -156,6 +258,23 @@ def run_case(job: tuple[str, int | None, int | None]) -> dict[str, Any]:
     kcg = simulate(scenario, KcgPolicy(), noise, traffic)
     points = keda_sweep(scenario, noise, traffic, kcg.slo_violation_seconds)
     plan = search(scenario, noise, beam=beam, traffic=traffic)
+    seconds = round(time.monotonic() - started, 1)
+    pictures: dict[str, Any] = {}
+    if plot_dir is not None:
+        from kcg_operator.scaling import plot
+
+        drawing = time.monotonic()
+        runs = comparison_runs(
+            scenario,
+            noise,
+            keda="best",
+            known={"kcg": kcg},
+            traffic=traffic,
+            points=points,
+            plan=plan,
+        )
+        written = plot.plot(scenario, runs, plot_file(Path(plot_dir), scenario.name, seed))
+        pictures = {"plot": str(written), "plot_seconds": round(time.monotonic() - drawing, 1)}
     return {
         "scenario": scenario.name,
         "seed": seed,
@@ -168,7 +287,8 @@ def run_case(job: tuple[str, int | None, int | None]) -> dict[str, Any]:
             "exact": plan.exact,
             "states": plan.states,
         },
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
+        **pictures,
     }
 
 
@@ -189,8 +309,7 @@ def judge(case: dict[str, Any]) -> dict[str, Any]:
     points = [Point(**p) for p in case["keda"]]
     front = pareto_front(points)
     winners = [p for p in points if beats(p, kv, kr)]
-    reach = [p for p in points if p.violation_seconds <= kv]
-    cheapest = min(reach, key=lambda p: p.replica_seconds) if reach else None
+    cheapest = cheapest_reaching(points, kv)
     oracle = case["oracle"]
     applies = oracle["slo_violation_seconds"] == 0
     # The oracle is a floor only if no run did better: check it rather than assume it
@@ -345,6 +464,17 @@ def report(cases: Sequence[dict[str, Any]], seeds: Sequence[int]) -> tuple[str, 
     return "\n".join(lines), figures
 
 
+def _plot_variant(text: str | None, seeds: Sequence[int]) -> int | None:
+    """The seed whose runs are drawn (None: the clean runs)."""
+    if text is None:
+        return seeds[0] if seeds else None
+    if text == "clean":
+        return None
+    if text.strip().lstrip("-").isdigit() and int(text) in seeds:
+        return int(text)
+    raise ValueError(f"'clean' or one of --seeds ({', '.join(map(str, seeds))}), got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench-scaling",
@@ -360,12 +490,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--beam", type=int, default=DEFAULT_BEAM, help="oracle search width per tick"
     )
+    parser.add_argument(
+        "--plot-dir",
+        type=Path,
+        default=None,
+        help="write one PNG per scenario here: kcg, KEDA's pick and the oracle over time"
+        f" (make bench-scaling: {DEFAULT_PLOT_DIR})",
+    )
+    parser.add_argument(
+        "--plot-seed",
+        default=None,
+        help="the noise variant the pictures show: a seed of --seeds or 'clean'"
+        " (default: the first seed, else clean)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         print(f"bench-scaling: --seeds must be integers, got {args.seeds!r}", file=sys.stderr)
         return 2
+    try:
+        plot_seed = _plot_variant(args.plot_seed, seeds)
+    except ValueError as exc:
+        print(f"bench-scaling: --plot-seed: {exc}", file=sys.stderr)
+        return 2
+    plot_dir: Path | None = args.plot_dir
+    if plot_dir is not None:
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"bench-scaling: --plot-dir {plot_dir}: {exc.strerror}", file=sys.stderr)
+            return 2
     files = sorted(args.scenarios.glob("*.yaml"))
     try:
         if not files:
@@ -376,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-scaling: {exc}", file=sys.stderr)
         return 2
     variants: list[int | None] = [None, *seeds]
-    jobs = [(str(path), seed, args.beam) for path in files for seed in variants]
+    jobs = [
+        (str(path), seed, args.beam, str(plot_dir) if plot_dir and seed == plot_seed else None)
+        for path in files
+        for seed in variants
+    ]
     # The longest cases first, so the pool does not end on one straggler.
     jobs.sort(key=lambda j: -load_scenario(Path(j[0])).duration_seconds)
     if args.jobs > 1:
@@ -388,6 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for _, c in sorted(zip((order[(j[0], j[1])] for j in jobs), cases, strict=True))]
     table, figures = report(cases, seeds)
     print(table)
+    if plot_dir is not None:
+        drawn = [c for c in cases if "plot" in c]
+        figures["plots"] = {c["scenario"]: c["plot"] for c in drawn}
+        print(
+            f"\nPictures ({_variant(plot_seed)}; kcg, KEDA's run at kcg's SLO from the sweep,"
+            f" the oracle): {len(drawn)} PNGs in {plot_dir}/,"
+            f" {sum(c['plot_seconds'] for c in drawn):.0f} s of drawing in all"
+        )
     print(json.dumps(figures, sort_keys=True))
     return 0
 

@@ -55,6 +55,9 @@ from kcg_operator.scaling.world import Traffic, World, build_traffic, fair_share
 
 TOPIC = "sim"
 
+#: The per-second records of a :class:`SimResult` (left out of its JSON).
+TIMELINES = ("replicas_timeline", "produced_timeline", "lag_timeline", "age_timeline")
+
 PolicyFactory = Callable[[Scenario, Noise | None], ScalingPolicy]
 
 POLICIES: dict[str, PolicyFactory] = {
@@ -84,6 +87,13 @@ class SimResult:
     last_reason: str
     seed: int | None = None
     replicas_timeline: list[int] = field(default_factory=list, repr=False)
+    """Replicas of the Deployment during second t (index t)."""
+    produced_timeline: list[int] = field(default_factory=list, repr=False)
+    """Messages produced during second t."""
+    lag_timeline: list[int] = field(default_factory=list, repr=False)
+    """Messages not yet consumed at the end of second t (what ``max_lag`` is the max of)."""
+    age_timeline: list[float] = field(default_factory=list, repr=False)
+    """Age of the oldest judged message at the end of second t: what the SLO is judged on."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,8 @@ def simulate(
     replica_seconds = 0
     events = 0
     timeline: list[int] = []
+    lag_timeline: list[int] = []
+    age_timeline: list[float] = []
     last_reason = ""
     last_seen = -1
     for t in range(scenario.duration_seconds):
@@ -213,10 +225,12 @@ def simulate(
         timeline.append(world.replicas)
         world.step()
         age = world.oldest_age()
+        age_timeline.append(age)
         max_age = max(max_age, age)
         if age > scenario.slo_seconds:
             violation += 1
-        max_lag = max(max_lag, world.lag())
+        lag_timeline.append(world.lag())
+        max_lag = max(max_lag, lag_timeline[-1])
     return SimResult(
         scenario=scenario.name,
         policy=policy.name,
@@ -234,12 +248,22 @@ def simulate(
         last_reason=last_reason,
         seed=None if noise is None else noise.seed,
         replicas_timeline=timeline,
+        produced_timeline=_produced_per_second(world.traffic),
+        lag_timeline=lag_timeline,
+        age_timeline=age_timeline,
     )
+
+
+def _produced_per_second(traffic: Traffic) -> list[int]:
+    totals = [sum(ends) for ends in zip(*traffic.cum, strict=True)]
+    starts = [sum(traffic.base), *totals]
+    return [after - before for before, after in zip(starts, totals, strict=False)]
 
 
 def result_json(result: SimResult) -> dict[str, Any]:
     data = asdict(result)
-    del data["replicas_timeline"]
+    for name in TIMELINES:
+        del data[name]
     return data
 
 
@@ -271,18 +295,87 @@ def main(argv: list[str]) -> int:
         help="add the benchmark's noise (rate jitter, replica speeds, late offsets), seeded",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw traffic, lag, seconds behind and replicas over time into a PNG: kcg"
+        " and KEDA on the same axes, whatever --policy is (needs matplotlib:"
+        " pip install 'kcg-operator[plot]')",
+    )
+    parser.add_argument(
+        "--plot-keda",
+        choices=("installed", "best"),
+        default="installed",
+        help="the KEDA drawn: 'installed' (its defaults, lagThreshold = lagPerReplica, as"
+        " --policy keda runs it) or 'best' (lagThreshold swept as make bench-scaling does:"
+        " the cheapest run at kcg's SLO-violation seconds; some seconds more)",
+    )
+    parser.add_argument(
+        "--plot-oracle",
+        action="store_true",
+        help="draw the oracle too (it searches the schedule: can take a minute;"
+        " free with --policy oracle)",
+    )
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        # Checked before the run, so a typo or a missing library costs no simulation.
+        try:
+            from kcg_operator.scaling import plot
+        except ImportError as exc:
+            print(
+                f"kcg simulate: --plot needs {exc.name or 'matplotlib'}:"
+                " pip install 'kcg-operator[plot]'",
+                file=sys.stderr,
+            )
+            return 2
+        problem = plot.check_path(args.plot)
+        if problem is not None:
+            print(f"kcg simulate: --plot {args.plot}: {problem}", file=sys.stderr)
+            return 2
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
         print(f"kcg simulate: {args.scenario}: {exc}", file=sys.stderr)
         return 2
     noise = None if args.seed is None else Noise(seed=args.seed)
-    result = simulate(scenario, POLICIES[args.policy](scenario, noise), noise)
+    policy = POLICIES[args.policy](scenario, noise)
+    result = simulate(scenario, policy, noise)
     if args.json:
         print(json.dumps(result_json(result), sort_keys=True))
     else:
         print(_summary(result))
+    if args.plot is not None:
+        return _plot(args, scenario, noise, policy, result)
+    return 0
+
+
+def _plot(
+    args: argparse.Namespace,
+    scenario: Scenario,
+    noise: Noise | None,
+    policy: ScalingPolicy,
+    result: SimResult,
+) -> int:
+    """Draw kcg and KEDA (and the oracle) for ``--plot``, reusing the run just made."""
+    from kcg_operator.scaling import plot
+    from kcg_operator.scaling.bench import comparison_runs
+
+    runs = comparison_runs(
+        scenario,
+        noise,
+        keda=args.plot_keda,
+        oracle=args.plot_oracle,
+        known={args.policy: result},
+        plan=policy.chosen if isinstance(policy, OraclePolicy) else None,
+    )
+    try:
+        written = plot.plot(scenario, runs, args.plot)
+    except plot.PlotError as exc:
+        print(f"kcg simulate: --plot: {exc}", file=sys.stderr)
+        return 2
+    drawn = "; ".join(run.label for run in runs)
+    print(f"kcg simulate: wrote {written} ({drawn})", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
