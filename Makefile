@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STACK := $(PYTHON) stack/localstack.py
 
 .PHONY: all test unit lint setup up down env status clean crds chart-crds run demo \
-        kind-e2e bench-scaling bench-outbox bench-sweep bench-rebalance images
+        kind-e2e bench-scaling bench-outbox bench-sweep bench-rebalance bench-failover images
 
 all: test
 
@@ -64,6 +64,10 @@ bench-sweep: setup
 
 bench-outbox: setup
 	$(PYTHON) benchmarks/bench_outbox.py
+
+# bench-failover needs the node: it uses the running stack (make up).
+bench-failover: setup
+	$(PYTHON) benchmarks/bench_failover.py
 
 # bench-rebalance needs the node: it uses the running stack (make up).
 bench-rebalance: setup

@@ -482,6 +482,17 @@ class _Phases:
         return f"{time.monotonic() - self.t0:.1f}s ({', '.join(self.done)})"
 
 
+#: Writes only, at Metadata level (no bodies: Secrets never reach the log).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
 def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
     phases = _Phases()
     slot = node.claim_slot(STATE) if with_node() else None
@@ -511,6 +522,10 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
     _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, procs)
 
     server = f"https://{host}:{api_port}"
+    # Every write, with who made it (a pod's token names the pod): the evidence for
+    # "a standby replica writes nothing" (bench-failover) and for write counts.
+    audit_policy = STATE / "audit-policy.yaml"
+    audit_policy.write_text(AUDIT_POLICY)
     _start("kube-apiserver", [
         str(K8S_BIN / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
         f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -527,6 +542,8 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         "--kubelet-preferred-address-types=InternalIP",
         "--enable-priority-and-fairness=false", "--v=0",
+        f"--audit-policy-file={audit_policy}", f"--audit-log-path={STATE / 'audit.log'}",
+        "--audit-log-format=json", "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
     ], owned, procs)
     _wait("kube-apiserver", lambda: _https_ok(server, "/readyz"), 90, procs)
     kubeconfig = _write_kubeconfig(server)
@@ -568,6 +585,7 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         "KCG_K8S_BIN": str(K8S_BIN),
         "KCG_HELM_BIN": str(HELM_BIN),
         "KCG_NODE_IP": host,
+        "KCG_AUDIT_LOG": str(STATE / "audit.log"),
         "KCG_NODE": slot is not None,
         "KCG_NODE_SLOT": slot.index if slot else -1,
         "KCG_IMAGES": json.loads((STATE / "images.json").read_text()) if slot else {},

@@ -165,13 +165,13 @@ class LeaderElector:
             self._transition(False)
 
     def _transition(self, leading: bool) -> None:
-        metrics.leader.set(int(leading))
         if leading:
             metrics.leader_transitions.inc()
             log.info("leader election: %s now leads (lease %s/%s)", self.identity,
                      self.namespace, self.name)
             self.on_started_leading()
         else:
+            metrics.leader.set(0)  # after the gate closed (leading() is already False)
             log.warning("leader election: %s no longer leads (lease %s/%s)", self.identity,
                         self.namespace, self.name)
             self.on_stopped_leading()
@@ -227,6 +227,9 @@ class LeaderElector:
             raise
         with self._lock:
             if not self._resigned:
+                # The gauge says "leader" before the write gate opens, so no scrape ever
+                # shows a write made while it still said standby.
+                metrics.leader.set(1)
                 # Count from before the request: the lease started no later than that.
                 self._renewed_at = started
         metrics.lease_writes.inc()
