@@ -14,7 +14,10 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("kcg_operator.api.crd", "print the KafkaConsumerGroup CRD as YAML"),
     "run": ("kcg_operator.runner", "run the operator against the current kube context"),
-    "simulate": ("kcg_operator.scaling.simulator", "replay a traffic scenario against a policy"),
+    "simulate": (
+        "kcg_operator.scaling.simulator",
+        "replay a traffic scenario against a policy (--plot: a PNG of kcg and KEDA)",
+    ),
     "relay": ("kcg_operator.outbox.relay", "move committed outbox rows to Kafka"),
 }
 

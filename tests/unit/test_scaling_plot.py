@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,31 @@ def test_cli_bad_plot_path_is_a_clear_error_before_any_run(
     assert captured.out == ""
     assert drawn == []
     assert not (tmp_path / "missing").exists() and not (tmp_path / "out.jpg").exists()
+
+
+def test_cli_plot_without_matplotlib_says_how_to_get_it(
+    scenario_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As on a machine with `pip install kcg-operator` only (the operator's image).
+    import kcg_operator.scaling
+
+    monkeypatch.delattr(kcg_operator.scaling, "plot")
+    monkeypatch.delitem(sys.modules, "kcg_operator.scaling.plot")
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    argv = ["simulate", "--scenario", str(scenario_file), "--plot", str(tmp_path / "x.png")]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "kcg simulate: --plot needs matplotlib: pip install 'kcg-operator[plot]'"
+    )
+    assert captured.out == ""
+    # Without --plot the simulator needs no matplotlib at all.
+    assert cli.main(argv[:3]) == 0
+    assert capsys.readouterr().out.startswith("scenario small with policy kcg")
 
 
 # -- make bench-scaling ------------------------------------------------------------------

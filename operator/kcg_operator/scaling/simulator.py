@@ -324,7 +324,7 @@ def main(argv: list[str]) -> int:
             from kcg_operator.scaling import plot
         except ImportError as exc:
             print(
-                f"kcg simulate: --plot needs {exc.name or 'matplotlib'}:"
+                f"kcg simulate: --plot needs {(exc.name or 'matplotlib').split('.')[0]}:"
                 " pip install 'kcg-operator[plot]'",
                 file=sys.stderr,
             )
