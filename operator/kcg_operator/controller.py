@@ -383,7 +383,9 @@ class Controller:
         state.scaled_to, state.scaled_at = decision.desired, time.monotonic()
         state.last_scale_time = now_rfc3339()
         direction = "up" if decision.desired > current else "down"
-        metrics.scale_events.labels(key[0], key[1], kcg.group_id, direction).inc()
+        metrics.scale_events.labels(
+            key[0], key[1], kcg.group_id, direction,
+            metrics.scale_reason(decision.desired, decision.capped_by)).inc()
         message = scale_event_message(decision, seconds_behind)
         self.kube.event(obj.body, "Normal", "Scaled", message)
         log.info("%s/%s: %s", *key, message)

@@ -25,8 +25,14 @@ desired_replicas = Gauge(
 current_replicas = Gauge(
     "kcg_current_replicas", "spec.replicas of the consumer Deployment.", GROUP_LABELS)
 scale_events = Counter(
-    "kcg_scale_events_total", "Replica changes made by the operator.",
-    (*GROUP_LABELS, "direction"))
+    "kcg_scale_events_total",
+    "Replica changes made by the operator, by direction and by what decided the new count "
+    "(reason: lag, partitions, maxReplicas, minReplicas, stabilization, brokerUnavailable, "
+    "scaleToZero).", (*GROUP_LABELS, "direction", "reason"))
+#: The values of kcg_scale_events_total's reason label: the lag rules (messages or time)
+#: alone, or the bound that set the count (Decision.capped_by), or scale to zero.
+SCALE_REASONS = ("lag", "partitions", "maxReplicas", "minReplicas", "stabilization",
+                 "brokerUnavailable", "scaleToZero")
 sweep_duration = Histogram(
     "kcg_lag_sweep_duration_seconds", "Duration of one lag sweep of one Kafka cluster.",
     ("cluster",), buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
@@ -65,6 +71,16 @@ STATUS_CODES = {"NOTFOUND": 0, "OK": 1, "WARN": 2, "ERR": 3, "STOP": 4, "STALL":
                 "REWIND": 6}
 
 
+def scale_reason(desired: int, capped_by: str | None) -> str:
+    """The reason label of a scale event: a bounded set, so the series stay few (the
+    policy's free-text reason goes into the Scaled Event instead)."""
+    if desired == 0:
+        return "scaleToZero"
+    if capped_by in SCALE_REASONS:
+        return capped_by
+    return "lag"
+
+
 def forget_group(namespace: str, name: str, group: str,
                  partitions: Iterable[tuple[str, str]] = ()) -> None:
     """Drop a deleted group's series so dashboards and alerts do not show ghosts."""
@@ -74,8 +90,9 @@ def forget_group(namespace: str, name: str, group: str,
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
     for direction in ("up", "down"):
-        with contextlib.suppress(KeyError):
-            scale_events.remove(namespace, name, group, direction)
+        for reason in SCALE_REASONS:
+            with contextlib.suppress(KeyError):
+                scale_events.remove(namespace, name, group, direction, reason)
     for topic, partition in partitions:
         for series in (partition_lag, partition_lag_seconds, partition_status):
             with contextlib.suppress(KeyError):
