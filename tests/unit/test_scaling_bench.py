@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kcg_operator.scaling import bench
+from kcg_operator.scaling import bench, simulator
 from kcg_operator.scaling.bench import Point, beats, judge, pareto_front, sweep_thresholds
 from kcg_operator.scaling.scenario import parse_scenario
 
@@ -137,6 +137,40 @@ def test_bench_prints_a_table_and_json_last(
             assert v["keda_front"]
             assert isinstance(v["goal_front"], bool)
     assert set(figures["goals"]["one"]["seed 3"]) == {"front", "oracle"}
+
+
+def test_bench_figures_are_what_kcg_simulate_reports_for_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The bench must not print numbers the simulator did not produce: its kcg and oracle
+    # figures, in the table and the JSON, are those of `kcg simulate --json` run on the
+    # same scenario file, seed and policy.
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "name": "one"}))
+    assert bench.main(["--scenarios", str(tmp_path), "--seeds", "3", "--jobs", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    for variant, seed in (("clean", []), ("seed 3", ["--seed", "3"])):
+        shown = figures["scenarios"]["one"][variant]
+        runs = {}
+        for policy in ("kcg", "oracle"):
+            argv = ["--scenario", str(path), "--policy", policy, "--json", *seed]
+            assert simulator.main(argv) == 0
+            runs[policy] = json.loads(capsys.readouterr().out)
+        kcg, oracle = runs["kcg"], runs["oracle"]
+        for key in ("slo_violation_seconds", "replica_seconds", "max_replicas", "scale_events"):
+            assert shown["kcg"][key] == kcg[key], key
+        assert shown["kcg"]["max_time_lag_seconds"] == kcg["max_time_lag_seconds"]
+        assert shown["oracle"]["replica_seconds"] == oracle["replica_seconds"]
+        assert shown["oracle"]["slo_violation_seconds"] == oracle["slo_violation_seconds"]
+        row = next(line.split() for line in lines if line.startswith("one ") and variant in line)
+        figures_in_row = row[len(variant.split()) + 1 :]
+        assert figures_in_row[:3] == [
+            f"{TINY['slo_seconds']:g}",
+            str(kcg["slo_violation_seconds"]),
+            str(kcg["replica_seconds"]),
+        ]
+        assert f"{oracle['replica_seconds']}" in " ".join(row)
 
 
 def test_bench_refuses_an_empty_directory(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcg_operator.api.models import ScalingSpec
+from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.health import OK, STALL, STOP
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
 
@@ -56,10 +58,7 @@ def run(observations: Sequence[Observation], s: ScalingSpec, follow: bool = True
     replicas: int | None = None
     for o in observations:
         if follow and replicas is not None:
-            o = Observation(
-                o.time_s, o.end_offsets, o.committed, replicas, o.partitions, o.broker_ok,
-                o.statuses, o.assignment, o.ready_replicas,
-            )  # fmt: skip
+            o = replace(o, replicas=replicas)
         d, state = decide(o, s, state)
         decisions.append(d)
         replicas = d.desired if d.should_patch else o.replicas
@@ -127,16 +126,42 @@ def histories(draw: st.DrawFn) -> list[Observation]:
     return out
 
 
+def idle_for(history: Sequence[Observation]) -> list[float | None]:
+    """Per observation, seconds the group has been idle (no lag, no new messages between
+    polls the broker answered), None when it is not; worked out apart from the policy."""
+    out: list[float | None] = []
+    since: float | None = None
+    last: Observation | None = None
+    for o in history:
+        if o.broker_ok and o.end_offsets:
+            quiet = last is not None and all(
+                o.lag(k) == 0 and o.end_offsets[k] == last.end_offsets.get(k) for k in o.end_offsets
+            )
+            if not quiet:
+                since = None
+            elif since is None:
+                assert last is not None
+                since = last.time_s
+            last = o
+        out.append(None if since is None else o.time_s - since)
+    return out
+
+
 @settings(max_examples=150, deadline=None)
 @given(specs, histories())
 def test_cap_and_floor_hold_for_every_input(s: ScalingSpec, history: list[Observation]) -> None:
-    for d in run(history, s, follow=False):
-        partitions = d.partitions
-        assert d.desired <= min(partitions, s.max_replicas)
-        if not s.scale_to_zero.enabled:
-            assert d.desired >= min(max(s.min_replicas, 1), partitions, s.max_replicas)
+    # What a user relies on: never more replicas than partitions or maxReplicas; never
+    # fewer than minReplicas (at least one) while running; zero only with scaleToZero, and
+    # then only after idleSeconds of idleness or for a group that is at zero already.
+    for o, d, idle in zip(history, run(history, s, follow=False), idle_for(history), strict=True):
+        cap = min(d.partitions, s.max_replicas)
+        floor = min(max(s.min_replicas, 1), cap)
+        assert d.desired <= cap
+        if d.desired == 0:
+            assert s.scale_to_zero.enabled
+            assert o.replicas == 0 or (idle is not None and idle >= s.scale_to_zero.idle_seconds)
         else:
-            assert d.desired >= 0
+            assert d.desired >= floor
         if s.paused:
             assert not d.should_patch
         assert d.reason
@@ -169,6 +194,50 @@ def test_paused_computes_but_never_patches(s: ScalingSpec, history: list[Observa
         assert not d.should_patch
         assert d.paused
         assert d.reason.startswith("paused: ")
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> dict[str, Any]:
+    """One sweep as the controller has it: offsets, log starts, the (end offset, time)
+    history, and the timestamps the collector read."""
+    now = 1000.0
+    offsets: dict[tuple[str, int], tuple[int, int | None]] = {}
+    history: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    stamps: dict[tuple[tuple[str, int], int], float] = {}
+    starts: dict[tuple[str, int], int] = {}
+    for p in range(draw(st.integers(1, 6))):
+        key = (T, p)
+        end = draw(st.integers(0, 100_000))
+        starts[key] = draw(st.integers(0, end))
+        committed = draw(st.none() | st.integers(starts[key], end))
+        offsets[key] = (end, committed)
+        times = sorted(draw(st.lists(st.floats(0, now), max_size=6, unique=True)))
+        ends = sorted(draw(st.lists(st.integers(0, end), min_size=len(times),
+                                    max_size=len(times))))  # fmt: skip
+        history[key] = [*zip(ends, times, strict=True), (end, now)]
+        if draw(st.booleans()):
+            at = committed if committed is not None else starts[key]
+            stamps[(key, at)] = draw(st.floats(0, now))
+    return {"offsets": offsets, "log_starts": starts, "history": history,
+            "produced_at": stamps, "from_earliest": draw(st.booleans())}  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshots(), specs)
+def test_the_policy_reads_lag_and_seconds_behind_from_the_one_computation(
+    snap: dict[str, Any], s: ScalingSpec
+) -> None:
+    # Whatever the history, the never-committed convention or the timestamps read, the
+    # decision shows exactly the lag and seconds behind that lag.py gives the status.
+    lags = lagmath.partition_lags(snap["offsets"], now_s=1000.0, **{
+        k: v for k, v in snap.items() if k != "offsets"})  # fmt: skip
+    observation = Observation.from_offsets(1000.0, snap["offsets"], 2, **{
+        k: v for k, v in snap.items() if k != "offsets"})  # fmt: skip
+    assert observation.lags == lags
+    d, _ = decide(observation, s)
+    assert d.total_lag == lagmath.total(lags)
+    assert d.time_lag_seconds == {k: p.seconds for k, p in lags.items()}
+    assert d.max_time_lag_seconds == lagmath.max_seconds(lags)
 
 
 # -- examples -----------------------------------------------------------------------------
@@ -258,6 +327,17 @@ def test_a_fresh_state_does_not_scale_down_before_a_window() -> None:
     assert d.desired == 5
 
 
+@pytest.mark.parametrize(("current", "expected"), [(0, 0), (1, 3), (3, 3), (5, 5), (9, 6)])
+def test_broker_error_with_scale_to_zero_keeps_a_running_group_at_its_floor(
+    current: int, expected: int
+) -> None:
+    # A group asleep at zero stays there (nothing says traffic came back); a running one
+    # is brought up to minReplicas, as without scaleToZero, and never dropped.
+    s = spec(minReplicas=3, maxReplicas=6, scaleToZero={"enabled": True, "idleSeconds": 30})
+    d, _ = decide(obs(0, [0] * 8, [0] * 8, replicas=current, broker_ok=False), s)
+    assert d.desired == expected
+
+
 def test_broker_error_keeps_replicas_and_says_why() -> None:
     s = spec(minReplicas=0, maxReplicas=12, scaleToZero={"enabled": True, "idleSeconds": 30})
     d, _ = decide(obs(0, [0] * 6, [0] * 6, replicas=4, broker_ok=False), s)
@@ -308,14 +388,14 @@ def backlogged(
     """Partitions with a standing backlog whose oldest message is ``age`` seconds old."""
     end = backlog + int(per_partition * t)
     committed = int(consumed_per_partition * t)
-    return Observation(
-        time_s=t,
-        end_offsets={(T, p): end for p in range(partitions)},
-        committed={(T, p): committed for p in range(partitions)},
-        replicas=replicas,
+    return Observation.from_offsets(
+        t,
+        {(T, p): (end, committed) for p in range(partitions)},
+        replicas,
         partitions=partitions,
         assignment={m: [(T, p) for p in ps] for m, ps in members.items()},
-        oldest_produced={(T, p): t - age for p in range(partitions)},
+        # The collector read the first waiting message's timestamp.
+        produced_at={((T, p), committed): t - age for p in range(partitions)},
     )
 
 
@@ -373,14 +453,13 @@ def test_a_member_overloaded_by_a_hot_partition_gets_one_more_replica() -> None:
         ends = [500 + r * int(t) for r in rates[:2]] + [r * int(t) for r in rates[2:]]
         done = [int(t * 100 * 70 / 110), int(t * 100 * 40 / 110), 35 * int(t), 35 * int(t)]
         history.append(
-            Observation(
-                time_s=t,
-                end_offsets={(T, p): e for p, e in enumerate(ends)},
-                committed={(T, p): c for p, c in enumerate(done)},
-                replicas=2,
+            Observation.from_offsets(
+                t,
+                {(T, p): (e, c) for p, (e, c) in enumerate(zip(ends, done, strict=True))},
+                2,
                 partitions=4,
                 assignment={m: [(T, p) for p in ps] for m, ps in members.items()},
-                oldest_produced={(T, p): t - 30 for p in range(4)},
+                produced_at={((T, p), c): t - 30 for p, c in enumerate(done)},
             )
         )
     decisions = run(history, s, follow=False)

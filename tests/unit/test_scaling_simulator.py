@@ -269,9 +269,13 @@ def test_time_lag_estimate_follows_the_true_age_of_the_oldest_message() -> None:
     world = World(sc)
     policy = KcgPolicy()
     tracker: HealthTracker[PartitionKey] = HealthTracker()
+    # The operator's (end offset, time) history: once it brackets the oldest message, its
+    # age is interpolated there, before that it comes from the message's timestamp.
+    history: simulator.History = {}
     for t in range(sc.duration_seconds):
         if t % 15 == 0:
-            decision = policy.decide(simulator._observe(world, tracker, True), sc.scaling)
+            observation = simulator._observe(world, tracker, True, history=history)
+            decision = policy.decide(observation, sc.scaling)
             if t >= 60:
                 assert decision.max_time_lag_seconds == pytest.approx(world.oldest_age(), abs=2)
         world.step()
@@ -296,6 +300,23 @@ def test_canonical_assignment_is_balanced_and_moves_only_what_a_new_member_takes
                 for slot in range(members - 1):
                     assert set(owned[slot]) <= set(before[slot])
                 assert len(owned[-1]) == partitions // members
+
+
+def test_a_never_committed_partition_waits_from_the_log_start_only_for_kcg() -> None:
+    # kcg counts a new group's backlog from the log start (consumers reset to earliest)
+    # and reads the first message's timestamp for its age, as the operator does; the keda
+    # policy gets the raw OffsetFetch answer (None) and applies its own offsetResetPolicy.
+    sc = scenario(initial_replicas=0, initial_backlog=600, scaling={"maxReplicas": 6,
+                  "minReplicas": 0, "scaleToZero": {"enabled": True}})  # fmt: skip
+    world = World(sc)
+    for _ in range(30):
+        world.step()
+    kcg = simulator._observe(world, None, True, from_log_start=True)
+    assert sum(kcg.lag(k) for k in kcg.end_offsets) == sum(world.end)
+    assert kcg.seconds_behind(("sim", 0)) == world.oldest_age()
+    keda = simulator._observe(world, None, True, from_log_start=False)
+    assert keda.committed == dict.fromkeys(keda.end_offsets)
+    assert sum(keda.lag(k) for k in keda.end_offsets) == 0
 
 
 def test_a_new_group_has_not_committed_until_a_member_owns_the_partition() -> None:

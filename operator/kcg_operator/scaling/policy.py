@@ -4,10 +4,19 @@
 sweep, or the simulator) keeps one :class:`PolicyState` per group and hands it back on the
 next poll; nothing else is remembered anywhere, so every decision can be replayed.
 
+**One road for lag.** The policy computes no lag and no seconds behind of its own. Each
+partition's lag, position (the committed offset, or where ``auto.offset.reset`` starts a
+group that never committed) and seconds behind arrive in ``Observation.lags``, computed
+by :func:`lag.partition_lags` from the snapshot the status and the metrics show (the
+controller and the simulator build observations that way). The policy keeps an (end
+offset, time) history per partition only for what one snapshot cannot say: production
+rates, and when the messages *behind* the first waiting one were produced.
+
 How a decision is made, in order:
 
 1. **Broker trouble never lowers replicas.** An observation the broker did not answer (or
-   one without partitions) keeps the current count, only clamped into the spec's bounds.
+   one without partitions) keeps the current count, only clamped into the spec's bounds
+   (a group scaled to zero stays there; a running one is kept at least at its floor).
 2. **Lag rule.** Each partition asks for ``lag / lagPerReplica`` replicas, but never more
    than one: a backlog on one partition is drained by one consumer, whatever its size.
    With ``maxTimeLagSeconds`` set, the lag rule speaks only until one replica's rate has
@@ -19,10 +28,9 @@ How a decision is made, in order:
    * *Drain.* Replicas asked for now consume only after the group's *reaction time* (pod
      start-up plus rebalance, measured from this group's own scale-ups; 30 s until then).
      Until then the partition goes on at its current progress, and what arrives meanwhile
-     at the current rate joins the queue. Every waiting message (ages from the
-     partition's (end offset, time) history, kafka-lag-exporter style, or from the first
-     unconsumed record's timestamp when the collector read it) must still be consumed
-     before its deadline.
+     at the current rate joins the queue. Every waiting message must still be consumed
+     before its deadline: the first one at the age the observation brings, the ones
+     behind it at the production times the policy's (end offset, time) history records.
    * *Keep up.* At least the production rate (the lower of the last five minutes' and the
      last minute's averages, so a burst shorter than that is carried by the backlog) —
      but only once the oldest message has used the slack the deadline leaves beyond the
@@ -58,6 +66,8 @@ from typing import Protocol
 
 from kcg_operator.api.models import ScalingSpec
 from kcg_operator.scaling import health, timelag
+from kcg_operator.scaling import lag as lagmath
+from kcg_operator.scaling.lag import PartitionLag
 
 PartitionKey = tuple[str, int]
 """(topic, partition)."""
@@ -78,7 +88,8 @@ RATE_TOLERANCE = 0.02
 IN_FLIGHT_SECONDS = 5.0
 #: How fast a lower rate observed under full load replaces the remembered per-replica rate.
 CAPACITY_DECAY = 0.3
-#: (end offset, time) points kept per partition for the time rule and time-lag estimates.
+#: (end offset, time) points kept per partition for production rates and the ages of the
+#: messages inside a backlog (the head's seconds behind come with the observation).
 HISTORY_POINTS = 40
 #: Production is averaged over this long for the rate the group must keep up with: a
 #: burst shorter than this is carried by the backlog (the SLO allows it), a longer one
@@ -112,12 +123,18 @@ class Observation:
     """What one poll saw of one group.
 
     ``end_offsets`` and ``committed`` are keyed by (topic, partition); a committed offset is
-    None when the group never committed on that partition. ``replicas`` is the Deployment's
-    current spec.replicas. ``partitions`` defaults to the number of end offsets.
-    ``broker_ok`` is False when the broker could not be asked (then offsets may be empty).
-    ``statuses`` are Burrow statuses per partition (see :mod:`health`), ``assignment`` the
-    group's members and their partitions (describe group), ``ready_replicas`` the
-    Deployment's ready count; all three are optional refinements.
+    None when the group never committed on that partition (the OffsetFetch answer).
+    ``lags`` are the partitions' lag and seconds behind as :func:`lag.partition_lags`
+    computed them for this snapshot (the caller's one computation, shared with the status
+    and the metrics; :meth:`from_lags`, :meth:`from_offsets`). The policy reads lag,
+    position and seconds behind from there only. Left out, they are computed from the
+    offsets alone: never-committed partitions wait from ``latest``, seconds are unknown.
+    ``replicas`` is the Deployment's current spec.replicas. ``partitions`` defaults to the
+    number of end offsets. ``broker_ok`` is False when the broker could not be asked (then
+    offsets may be empty). ``statuses`` are Burrow statuses per partition (see
+    :mod:`health`), ``assignment`` the group's members and their partitions (describe
+    group), ``ready_replicas`` the Deployment's ready count; all three are optional
+    refinements.
     """
 
     time_s: float
@@ -129,11 +146,44 @@ class Observation:
     statuses: Mapping[PartitionKey, str] = field(default_factory=dict)
     assignment: Mapping[str, Sequence[PartitionKey]] | None = None
     ready_replicas: int | None = None
-    #: When the first unconsumed message of a partition was produced (its record
-    #: timestamp, same clock as ``time_s``), where the collector read it. Optional: without
-    #: it, ages come from interpolating the (end offset, time) history, which can only
-    #: guess for messages older than the history.
-    oldest_produced: Mapping[PartitionKey, float] = field(default_factory=dict)
+    lags: Mapping[PartitionKey, PartitionLag] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = {
+            k: (end, self.committed.get(k))
+            for k, end in self.end_offsets.items()
+            if k not in self.lags
+        }
+        if missing:
+            computed = lagmath.partition_lags(missing, now_s=self.time_s)
+            object.__setattr__(self, "lags", {**self.lags, **computed})
+
+    @classmethod
+    def from_lags(
+        cls,
+        time_s: float,
+        lags: Mapping[PartitionKey, PartitionLag],
+        replicas: int,
+        *,
+        partitions: int | None = None,
+        broker_ok: bool = True,
+        statuses: Mapping[PartitionKey, str] | None = None,
+        assignment: Mapping[str, Sequence[PartitionKey]] | None = None,
+        ready_replicas: int | None = None,
+    ) -> Observation:
+        """Build from the snapshot's :func:`lag.partition_lags`."""
+        return cls(
+            time_s=time_s,
+            end_offsets={k: p.end for k, p in lags.items()},
+            committed={k: p.committed for k, p in lags.items()},
+            replicas=replicas,
+            partitions=partitions,
+            broker_ok=broker_ok,
+            statuses=statuses or {},
+            assignment=assignment,
+            ready_replicas=ready_replicas,
+            lags=dict(lags),
+        )
 
     @classmethod
     def from_offsets(
@@ -147,20 +197,30 @@ class Observation:
         statuses: Mapping[PartitionKey, str] | None = None,
         assignment: Mapping[str, Sequence[PartitionKey]] | None = None,
         ready_replicas: int | None = None,
-        oldest_produced: Mapping[PartitionKey, float] | None = None,
+        log_starts: Mapping[PartitionKey, int] | None = None,
+        from_earliest: bool = False,
+        history: Mapping[PartitionKey, Sequence[timelag.Point]] | None = None,
+        produced_at: Mapping[tuple[PartitionKey, int], float] | None = None,
     ) -> Observation:
-        """Build from a (topic, partition) -> (end offset, committed or None) mapping."""
-        return cls(
-            time_s=time_s,
-            end_offsets={k: end for k, (end, _) in offsets.items()},
-            committed={k: committed for k, (_, committed) in offsets.items()},
-            replicas=replicas,
+        """Build from a (topic, partition) -> (end offset, committed or None) mapping; the
+        lags come from :func:`lag.partition_lags` with the other keywords."""
+        lags = lagmath.partition_lags(
+            offsets,
+            now_s=time_s,
+            log_starts=log_starts,
+            from_earliest=from_earliest,
+            history=history,
+            produced_at=produced_at,
+        )
+        return cls.from_lags(
+            time_s,
+            lags,
+            replicas,
             partitions=partitions,
             broker_ok=broker_ok,
-            statuses=statuses or {},
+            statuses=statuses,
             assignment=assignment,
             ready_replicas=ready_replicas,
-            oldest_produced=oldest_produced or {},
         )
 
     @property
@@ -168,10 +228,17 @@ class Observation:
         return len(self.end_offsets) if self.partitions is None else self.partitions
 
     def lag(self, key: PartitionKey) -> int:
-        committed = self.committed.get(key)
-        if committed is None:
-            return 0
-        return max(0, self.end_offsets[key] - committed)
+        p = self.lags.get(key)
+        return 0 if p is None else p.lag
+
+    def position(self, key: PartitionKey) -> int | None:
+        """The offset the group reads next (see :mod:`lag`); None: not observed."""
+        p = self.lags.get(key)
+        return None if p is None else p.position
+
+    def seconds_behind(self, key: PartitionKey) -> float | None:
+        p = self.lags.get(key)
+        return None if p is None else p.seconds
 
 
 @dataclass(frozen=True)
@@ -258,7 +325,9 @@ def _hold_on_error(observation: Observation, spec: ScalingSpec, state: PolicySta
     if known <= 0 and state.last is not None:
         known = state.last.partition_count
     floor, cap, cap_name = _bounds(spec, known)
-    lowest = 0 if spec.scale_to_zero.enabled else floor
+    # Asleep stays asleep (nothing says traffic came back), but a running group is never
+    # left below minReplicas just because scale-to-zero is enabled.
+    lowest = 0 if spec.scale_to_zero.enabled and current == 0 else floor
     desired = max(lowest, min(current, cap))
     if desired < current:
         capped_by = cap_name
@@ -383,7 +452,9 @@ def _decide_observed(
         reason = f"paused: {reason}"
 
     statuses = [s for k, s in obs.statuses.items() if k in obs.end_offsets]
-    time_lags = _time_lags(obs, history)
+    # Seconds behind as lag.py computed them for this snapshot (status and metrics show
+    # the same figures).
+    time_lags = {k: obs.seconds_behind(k) for k in obs.end_offsets}
     known = [lag for lag in time_lags.values() if lag is not None]
     decision = Decision(
         desired=desired,
@@ -430,11 +501,7 @@ def _decide_observed(
 def _updated_history(
     history: Mapping[PartitionKey, tuple[timelag.Point, ...]], obs: Observation
 ) -> dict[PartitionKey, tuple[timelag.Point, ...]]:
-    updated: dict[PartitionKey, tuple[timelag.Point, ...]] = {}
-    for key, end in obs.end_offsets.items():
-        points = timelag.add_point(history.get(key, ()), (end, obs.time_s), HISTORY_POINTS)
-        updated[key] = tuple(points)
-    return updated
+    return timelag.updated(history, obs.time_s, obs.end_offsets, HISTORY_POINTS)
 
 
 def _updated_rate(
@@ -517,7 +584,7 @@ def _member_rates(obs: Observation, before: Sequence[Observation]) -> list[tuple
         dt = obs.time_s - last.time_s
         total = 0.0
         for k in progressing:
-            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            now_c, last_c = obs.position(k), last.position(k)
             if now_c is not None and last_c is not None:
                 total += max(0, now_c - last_c) / dt
         consumers = obs.ready_replicas if obs.ready_replicas is not None else obs.replicas
@@ -552,7 +619,7 @@ def _member_rates(obs: Observation, before: Sequence[Observation]) -> list[tuple
         moved: list[PartitionKey] = []
         done = 0.0
         for k in mine:
-            now_c, then_c = obs.committed.get(k), base.committed.get(k)
+            now_c, then_c = obs.position(k), base.position(k)
             if now_c is None or then_c is None:
                 continue
             done += max(0, now_c - then_c)
@@ -607,7 +674,7 @@ def _needs(
             for k in active
         }
         for k in active:
-            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            now_c, last_c = obs.position(k), last.position(k)
             if now_c is not None and last_c is not None:
                 progress[k] = max(0, now_c - last_c) / dt
     production = None if rates is None else sum(rates.values())
@@ -624,7 +691,7 @@ def _needs(
         want = {
             k: _required_rate(
                 history.get(k, ()),
-                obs.committed.get(k),
+                obs.lags[k],
                 _rate_since(history.get(k, ()), obs.time_s, PROJECTION_WINDOW_SECONDS) or rates[k],
                 _sustained_rate(history.get(k, ()), obs.time_s, rates[k]),
                 progress.get(k, 0.0),
@@ -632,7 +699,6 @@ def _needs(
                 deadline,
                 reaction,
                 arriving,
-                obs.oldest_produced.get(k),
             )
             for k in active
         }
@@ -693,7 +759,7 @@ def _stuck(obs: Observation, last: Observation) -> list[PartitionKey]:
         if sorted(last.assignment.get(member, ())) != sorted(owned):
             continue
         for k in owned:
-            now_c, last_c = obs.committed.get(k), last.committed.get(k)
+            now_c, last_c = obs.position(k), last.position(k)
             if now_c is None or last_c is None:
                 continue
             if now_c == last_c and obs.lag(k) > 0 and last.lag(k) > 0:
@@ -730,19 +796,9 @@ def _sustained_rate(points: Sequence[timelag.Point], now: float, current: float)
     return min(long, recent)
 
 
-def _age(
-    points: Sequence[timelag.Point], committed: int, oldest: float | None, now: float
-) -> float | None:
-    if points and committed >= points[-1][0]:
-        return 0.0
-    if oldest is not None:
-        return max(0.0, now - oldest)
-    return timelag.time_lag_seconds(points, committed, now)
-
-
 def _required_rate(
     points: Sequence[timelag.Point],
-    committed: int | None,
+    head: PartitionLag,
     production: float,
     sustained: float,
     progress: float,
@@ -750,7 +806,6 @@ def _required_rate(
     deadline: float,
     reaction: float,
     arriving: float,
-    oldest: float | None = None,
 ) -> float:
     """Messages/s this partition's consumer must do so nothing waits beyond ``deadline``.
 
@@ -758,30 +813,31 @@ def _required_rate(
     at t must be consumed by t + deadline. A change of replicas takes ``reaction`` seconds
     to act, and the partition goes on at its current ``progress`` until then: consuming
     at x afterwards, the message q positions behind is consumed at now + reaction +
-    (q - progress * reaction) / x; the (end offset, time) points are where that bound
-    peaks, and the messages arriving at the current ``production`` rate over the next
-    ``arriving`` seconds count too (no poll can help them sooner). The same is asked as if
-    the change acted at once, from the current position: that covers scaling down. When
-    the first waiting message's timestamp is known (``oldest``), it anchors the oldest
-    messages, which the history may not reach back to.
+    (q - progress * reaction) / x. The bound peaks where the production times are known:
+    the first waiting message (``head``: its position and seconds behind as
+    :mod:`lag` computed them, from its own timestamp or the history), the (end offset,
+    time) points after it, and the messages arriving at the current ``production`` rate
+    over the next ``arriving`` seconds (no poll can help them sooner). The same is asked
+    as if the change acted at once, from the current position: that covers scaling down.
     """
     need = 0.0
-    if committed is None:
-        return sustained
-    newest_offset = points[-1][0] if points else committed
+    position = head.position
+    newest_offset = points[-1][0] if points else head.end
     # Keeping up is required only once the oldest message has used a good part of the
     # slack the deadline leaves beyond the reaction time: below that, running a little
     # short of production and letting a small backlog form is what lets the group use
-    # whole replicas fully (2.5 replicas of work run as 2 for a while, then 3).
-    age = _age(points, committed, oldest, now)
+    # whole replicas fully (2.5 replicas of work run as 2 for a while, then 3). An
+    # unknown age (no history, no timestamp) counts as old.
+    age = head.seconds
     if age is None or age >= LEAN_FRACTION * max(0.0, deadline - reaction):
         need = sustained
     candidates: list[tuple[float, float]] = [(offset, produced) for offset, produced in points]
-    if oldest is not None and newest_offset > committed:
-        candidates.append((committed + 1, oldest))
+    if head.lag > 0 and head.seconds is not None:
+        # Consuming the first waiting message is consuming one message past the position.
+        candidates.append((position + 1, now - head.seconds))
     candidates.append((newest_offset + production * arriving, now + arriving))
     for delay, done in ((reaction, progress * reaction), (0.0, 0.0)):
-        base = committed + done
+        base = position + done
         for offset, produced in candidates:
             waiting = offset - base
             if waiting <= 0:
@@ -826,19 +882,6 @@ def _idle_since(state: PolicyState, obs: Observation, last: Observation | None) 
     if not quiet:
         return None
     return state.idle_since if state.idle_since is not None else last.time_s
-
-
-def _time_lags(
-    obs: Observation, history: Mapping[PartitionKey, tuple[timelag.Point, ...]]
-) -> dict[PartitionKey, float | None]:
-    lags: dict[PartitionKey, float | None] = {}
-    for k in obs.end_offsets:
-        oldest = obs.oldest_produced.get(k)
-        if oldest is not None and obs.lag(k) > 0:
-            lags[k] = max(0.0, obs.time_s - oldest)
-        else:
-            lags[k] = timelag.time_lag_seconds(history.get(k, ()), obs.committed.get(k), obs.time_s)
-    return lags
 
 
 def _num(value: float) -> str:

@@ -9,8 +9,11 @@ policy sees offsets some seconds late.
 
 The policy sees only what the operator sees: end and committed offsets, Burrow statuses
 and the group's assignment, every poll interval (the scaling spec's, or the HPA's 15 s
-for the keda policy). The oracle policy is different on purpose: it knows the whole
-future and replays the cheapest schedule that meets the SLO (:mod:`.oracle`).
+for the keda policy), and each partition's lag and seconds behind computed as the
+operator computes them, by :func:`lag.partition_lags` from an (end offset, time) history
+kept per poll and the timestamps of the first unconsumed messages the operator would
+read (:func:`lag.positions_to_read`). The oracle policy is different on purpose: it knows
+the whole future and replays the cheapest schedule that meets the SLO (:mod:`.oracle`).
 
 Scenario file (YAML)::
 
@@ -39,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcg_operator.scaling import health
+from kcg_operator.scaling import health, timelag
+from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.keda import KedaPolicy
 from kcg_operator.scaling.noise import Noise, measurement_delays
 from kcg_operator.scaling.oracle import OraclePolicy
@@ -100,12 +104,11 @@ class SimResult:
 class _Snapshot:
     """Offsets and the assignment at one second, for a policy that sees them late."""
 
+    time: int
     end: tuple[int, ...]
     committed: tuple[int | None, ...]
     members: tuple[str, ...]
     layout: tuple[tuple[int, ...], ...]
-    oldest: tuple[float | None, ...]
-    """Production time of each partition's first unconsumed message (None: caught up)."""
 
     @property
     def assignment(self) -> dict[str, tuple[int, ...]]:
@@ -114,18 +117,17 @@ class _Snapshot:
 
 def _snapshot(world: World) -> _Snapshot:
     count = world.member_count
-    end = world.end
-    oldest = tuple(
-        float(world.traffic.produced_at(p, c)) if c < e else None
-        for p, (c, e) in enumerate(zip(world.consumed, end, strict=True))
-    )
     return _Snapshot(
-        tuple(end),
+        world.time,
+        tuple(world.end),
         tuple(world.committed),
         tuple(p.name for p in world.pods[:count]),
         tuple(world.owned(i) for i in range(count)),
-        oldest,
     )
+
+
+History = dict[PartitionKey, tuple[timelag.Point, ...]]
+"""The (end offset, time) tables the operator keeps per partition, one point per poll."""
 
 
 def _observe(
@@ -134,12 +136,16 @@ def _observe(
     ok: bool,
     seen: _Snapshot | None = None,
     from_log_start: bool = True,
+    history: History | None = None,
 ) -> Observation:
     """What the operator would see now; ``seen`` holds offsets that arrive late.
 
-    With ``from_log_start`` a partition the group never committed on counts from the log
-    start (offset 0 here), as the operator's lag does for consumers that reset to
-    earliest; otherwise it is None, as OffsetFetch returns it.
+    Lag and seconds behind come from :func:`lag.partition_lags`, as in the operator:
+    ``history`` (updated in place with this poll's end offsets) gives the interpolated
+    ages, and the timestamps :func:`lag.positions_to_read` asks for are read from the
+    traffic, as the collector reads them from the topic. With ``from_log_start`` a
+    partition the group never committed on waits from the log start (offset 0 here), as
+    for consumers that reset to earliest; otherwise from the end (``latest``).
     """
     sc = world.scenario
     if not ok:
@@ -151,23 +157,44 @@ def _observe(
             partitions=sc.partitions,
             broker_ok=False,
         )
+    now = float(world.time)
     snap = seen if seen is not None else _snapshot(world)
     offsets: dict[PartitionKey, tuple[int, int | None]] = {
-        (TOPIC, p): (snap.end[p], 0 if c is None and from_log_start else c)
-        for p, c in enumerate(snap.committed)
+        (TOPIC, p): (snap.end[p], c) for p, c in enumerate(snap.committed)
     }
-    owned = {(TOPIC, p) for ps in snap.assignment.values() for p in ps}
-    statuses = tracker.observe(float(world.time), offsets, owned) if tracker is not None else {}
-    return Observation.from_offsets(
-        float(world.time),
+    starts = dict.fromkeys(offsets, 0)
+    known = {} if history is None else history
+    # An end offset goes into the history with the time it was the end: the broker
+    # answers ListOffsets with the present, so the operator's (end offset, time) pairs are
+    # exact; what arrives late is the group's progress.
+    ends = {k: end for k, (end, _) in offsets.items()}
+    known.update(timelag.updated(known, float(snap.time), ends))
+    wanted = lagmath.positions_to_read(
+        offsets, log_starts=starts, from_earliest=from_log_start, history=known
+    )
+    stamps = {(k, at): float(world.traffic.produced_at(k[1], at)) for k, at in wanted}
+    lags = lagmath.partition_lags(
         offsets,
+        now_s=now,
+        log_starts=starts,
+        from_earliest=from_log_start,
+        history=known,
+        produced_at=stamps,
+    )
+    owned = {(TOPIC, p) for ps in snap.assignment.values() for p in ps}
+    statuses = (
+        tracker.observe(now, {k: (p.end, p.position) for k, p in lags.items()}, owned)
+        if tracker is not None
+        else {}
+    )
+    return Observation.from_lags(
+        now,
+        lags,
         world.replicas,
         partitions=sc.partitions,
         statuses=statuses,
         assignment={m: [(TOPIC, p) for p in ps] for m, ps in snap.assignment.items()},
         ready_replicas=len(world.members()),
-        # The operator can read the timestamp of the first unconsumed record.
-        oldest_produced={(TOPIC, p): t for p, t in enumerate(snap.oldest) if t is not None},
     )
 
 
@@ -188,6 +215,7 @@ def simulate(
     delays = measurement_delays(noise, scenario.duration_seconds // poll + 1)
     keep = max(delays, default=0)
     history: list[_Snapshot] = []
+    tables: History = {}
     tracker: health.HealthTracker[PartitionKey] | None = (
         health.HealthTracker() if policy.observes_health else None
     )
@@ -214,7 +242,12 @@ def simulate(
                 seen = history[-1 - max(back, 0)]
                 last_seen = t - max(back, 0)
             observation = _observe(
-                world, tracker, scenario.broker_ok_at(t), seen, policy.counts_from_log_start
+                world,
+                tracker,
+                scenario.broker_ok_at(t),
+                seen,
+                policy.counts_from_log_start,
+                tables,
             )
             decision = policy.decide(observation, spec)
             last_reason = decision.reason

@@ -44,6 +44,22 @@ def add_point(points: Sequence[Point], point: Point, limit: int = DEFAULT_LIMIT)
     return table
 
 
+def updated(
+    history: Mapping[K, Sequence[Point]],
+    time_s: float,
+    ends: Mapping[K, int],
+    limit: int = DEFAULT_LIMIT,
+) -> dict[K, tuple[Point, ...]]:
+    """Every partition's table after a sweep saw end offsets ``ends`` at ``time_s`` (pure).
+
+    Partitions the sweep did not see are dropped, so memory follows the topic.
+    """
+    return {
+        key: tuple(add_point(history.get(key, ()), (end, time_s), limit))
+        for key, end in ends.items()
+    }
+
+
 def produced_at(points: Sequence[Point], offset: int) -> float | None:
     """When the partition's end offset was ``offset``, or None when the table cannot say.
 
