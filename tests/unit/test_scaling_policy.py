@@ -366,6 +366,17 @@ def test_scale_to_zero_only_when_enabled_idle_long_enough_and_broker_answered() 
     assert all(d.desired == 1 for d in run(quiet, off))
 
 
+def test_a_group_asleep_at_zero_stays_asleep_while_nothing_arrives() -> None:
+    # At zero with no lag and no new messages, nothing says traffic came back: the group
+    # is not woken to minReplicas just because the policy has not watched it idle for
+    # idleSeconds yet (the operator restarted, or the group was created asleep).
+    s = spec(minReplicas=0, maxReplicas=6, scaleToZero={"enabled": True, "idleSeconds": 300})
+    quiet = [obs(15.0 * i, [100] * 3, [100] * 3, replicas=0) for i in range(8)]
+    assert [d.desired for d in run(quiet, s)] == [0] * 8
+    woken = run([*quiet, obs(120, [100, 130, 100], [100] * 3, replicas=0)], s)
+    assert woken[-1].desired == 1
+
+
 def test_new_messages_wake_a_group_at_zero() -> None:
     s = spec(minReplicas=0, maxReplicas=6, scaleToZero={"enabled": True, "idleSeconds": 60})
     decisions = run(

@@ -51,7 +51,8 @@ How a decision is made, in order:
    stuck on a message, not short of capacity.
 5. **Bounds.** Never above the partition count nor ``maxReplicas``; never below
    ``minReplicas`` (at least one while there is traffic); zero only with ``scaleToZero``,
-   after ``idleSeconds`` without lag or new messages, on a poll the broker answered.
+   after ``idleSeconds`` without lag or new messages, on a poll the broker answered; a
+   group at zero stays there until lag or new messages appear.
 6. **Stabilization.** Up at once; down only to the highest recommendation of the last
    ``scaleDownStabilizationSeconds`` (the HPA's scale-down rule), so a dip does not flap.
 7. **Paused** computes and explains but asks for no patch.
@@ -400,9 +401,13 @@ def _decide_observed(
         and idle_since is not None
         and now - idle_since >= spec.scale_to_zero.idle_seconds
     )
-    # Asleep at zero with nothing waiting, on a first look (no rates yet): nothing says
-    # traffic came back, so there is no reason to wake the group.
-    asleep = spec.scale_to_zero.enabled and current == 0 and last is None and needs.total_lag == 0
+    # Asleep at zero with nothing waiting and no new messages (on a first look, nothing
+    # waiting): nothing says traffic came back, so there is no reason to wake the group.
+    # idleSeconds is how long a running group waits before sleeping, not a reason to wake
+    # a sleeping one for a while.
+    asleep = (
+        spec.scale_to_zero.enabled and current == 0 and needs.total_lag == 0 and needs.helpful == 0
+    )
 
     raw = max(needs.by_lag, needs.by_time or 0)
     if raw == 0 and (needs.helpful > 0 or current > 0):
