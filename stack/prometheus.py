@@ -177,6 +177,7 @@ class KubernetesDiscovery:
         self.api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig)
         self.core = client.CoreV1Api(self.api)
+        self._closed = False
         discovery = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -221,6 +222,9 @@ class KubernetesDiscovery:
         raise ValueError(f"unknown role {role!r}")
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.server.shutdown()
         self.server.server_close()
         self.api.close()
@@ -342,21 +346,22 @@ def start(kubeconfig: str, rule_files: Sequence[Path] | None = None,
     """Start a Prometheus on a free loopback port; return once it is ready and has loaded
     its rules. `owned`: it dies with this process (even on SIGKILL). Its data directory
     (default: under the stack's state directory, which `make down` removes) goes on stop."""
+    directory = directory or localstack.STATE / f"prometheus-{uuid.uuid4().hex[:8]}"
     discovery = KubernetesDiscovery(kubeconfig)
     try:
         return _start(discovery, rule_files, interval_seconds, namespaces,
                       static_operator_targets, owned, directory, timeout)
     except BaseException:
         discovery.close()
+        shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
 def _start(discovery: KubernetesDiscovery, rule_files: Sequence[Path] | None,
            interval_seconds: float, namespaces: Sequence[str] | None,
-           static_operator_targets: Sequence[str], owned: bool, directory: Path | None,
+           static_operator_targets: Sequence[str], owned: bool, directory: Path,
            timeout: float) -> Prometheus:
     rules = list(rule_files) if rule_files is not None else sorted(RULES_DIR.glob("*.rules.yaml"))
-    directory = directory or localstack.STATE / f"prometheus-{uuid.uuid4().hex[:8]}"
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config(discovery.url, rules, interval_seconds, namespaces,
@@ -384,8 +389,9 @@ def _start(discovery: KubernetesDiscovery, rule_files: Sequence[Path] | None,
             if len(prom.rule_groups()) >= len(rules):
                 return prom
         time.sleep(0.2)
+    log_text = prom.log_text()
     prom.stop()
-    raise PrometheusError(f"prometheus not ready after {timeout:.0f}s: {prom.log_text()}")
+    raise PrometheusError(f"prometheus not ready after {timeout:.0f}s: {log_text}")
 
 
 @contextlib.contextmanager
