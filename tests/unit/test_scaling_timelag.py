@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from kcg_operator.scaling.timelag import (
     OffsetTimeTable,
-    TimeLagTracker,
     add_point,
     produced_at,
     time_lag_seconds,
+    updated,
 )
 
 pytestmark = pytest.mark.unit
@@ -97,13 +97,13 @@ def test_estimate_lies_within_the_table_when_interpolating(
     assert 0.0 <= lag <= len(steps) - 1
 
 
-def test_tracker_gives_seconds_per_partition() -> None:
-    tracker: TimeLagTracker[str] = TimeLagTracker(limit=10)
-    lags: dict[str, float | None] = {}
+def test_the_history_of_a_sweep_follows_the_topic() -> None:
+    history: dict[str, tuple[tuple[int, float], ...]] = {}
     for i in range(10):
-        # 10 messages/s on "a"; the group stopped at offset 200 (produced at t=20).
-        lags = tracker.observe(float(i * 10), {"a": (i * 100, min(i * 100, 200)), "b": (0, None)})
-    assert lags["a"] == pytest.approx(70.0)
-    assert lags["b"] is None
-    assert set(tracker.observe(100.0, {"a": (1000, 1000)})) == {"a"}
-    assert set(tracker.tables) == {"a"}
+        # 10 messages/s on "a"; "b" gets nothing.
+        history = updated(history, float(i * 10), {"a": i * 100, "b": 0}, limit=10)
+    # The group stopped at offset 200 on "a", produced at t=20.
+    assert time_lag_seconds(history["a"], 200, now_s=90.0) == pytest.approx(70.0)
+    assert len(history["b"]) == 2  # a flat stretch stays one segment
+    # A partition the sweep no longer sees is forgotten.
+    assert set(updated(history, 100.0, {"a": 1000})) == {"a"}

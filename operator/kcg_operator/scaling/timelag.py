@@ -10,6 +10,11 @@ that bracket the offset; below the table we extrapolate along the table's overal
 The table stays small and monotonic: points out of time order or with a lower offset are
 dropped, and a flat stretch (no new messages) is kept as one segment whose right end moves
 forward, so an idle topic does not flush the useful history out of the table.
+
+This module is the arithmetic; a partition's seconds behind, as the status, the metrics,
+the scaling policy and the simulator use them, come from :func:`lag.partition_lags`,
+which applies :func:`time_lag_seconds` at the group's position (or the message's own
+timestamp when it was read).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -118,37 +123,10 @@ class OffsetTimeTable:
 
     def add(self, end_offset: int, time_s: float) -> None:
         """Record the partition's end offset at ``time_s``."""
-        updated = add_point(self.points, (end_offset, time_s), self.limit)
+        table = add_point(self.points, (end_offset, time_s), self.limit)
         self.points.clear()
-        self.points.extend(updated)
+        self.points.extend(table)
 
     def time_lag(self, committed: int | None, now_s: float) -> float | None:
         """Seconds behind for a group at ``committed``; see :func:`time_lag_seconds`."""
         return time_lag_seconds(list(self.points), committed, now_s)
-
-
-class TimeLagTracker(Generic[K]):
-    """(end offset, time) tables for every partition of one group; feed it each sweep.
-
-    ``offsets`` maps a partition key to (end offset, committed offset or None), as the
-    collector's snapshot has them. Returns each partition's time lag in seconds (None when
-    unknown). Partitions that disappear are forgotten, so memory follows the topic.
-    """
-
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
-        self.limit = limit
-        self.tables: dict[K, OffsetTimeTable] = {}
-
-    def observe(
-        self, time_s: float, offsets: Mapping[K, tuple[int, int | None]]
-    ) -> dict[K, float | None]:
-        for gone in set(self.tables) - set(offsets):
-            del self.tables[gone]
-        lags: dict[K, float | None] = {}
-        for key, (end, committed) in offsets.items():
-            table = self.tables.get(key)
-            if table is None:
-                table = self.tables[key] = OffsetTimeTable(self.limit)
-            table.add(end, time_s)
-            lags[key] = table.time_lag(committed, time_s)
-        return lags
