@@ -226,8 +226,15 @@ class Controller:
         errors = self.collector.requests_failed - failed_before
         if errors:
             metrics.kafka_request_errors.labels(label).inc(errors)
+        sharing: dict[str, list[Key]] = defaultdict(list)
+        for key, obj in groups:
+            assert obj.kcg is not None
+            sharing[obj.kcg.group_id].append(key)
         for key, obj, snap in mine:
-            self._safe(self.evaluate, key, obj, snap, stamps)
+            assert obj.kcg is not None
+            others = tuple(f"{ns}/{name}" for ns, name in sharing[obj.kcg.group_id]
+                           if (ns, name) != key)
+            self._safe(self.evaluate, key, obj, snap, stamps, others)
 
     def _safe(self, fn: Any, key: Key, *args: Any) -> None:
         try:
@@ -287,7 +294,7 @@ class Controller:
     # ------------------------------------------------------------------ one group
 
     def evaluate(self, key: Key, obj: GroupObject, snap: GroupSnapshot,
-                 stamps: Stamps | None = None) -> None:
+                 stamps: Stamps | None = None, shared_with: tuple[str, ...] = ()) -> None:
         kcg = obj.kcg
         assert kcg is not None
         state = self.states.setdefault(key, GroupState())
@@ -311,9 +318,10 @@ class Controller:
                 current = decision.desired
         if not self.leading():
             return
-        self._transition_events(state, obj, snap)
+        self._transition_events(state, obj, snap, shared_with)
         pods, pods_error = self._observe_pods(key, obj, state, replicas is not None)
-        observed = Observed(snap, lags, statuses, decision, current, ready, pods, pods_error)
+        observed = Observed(snap, lags, statuses, decision, current, ready, pods, pods_error,
+                            shared_with)
         self._export_metrics(state, kcg, observed)
         self.write_status(key, obj, observed)
 
@@ -328,8 +336,7 @@ class Controller:
             snap.offsets, now_s=snap.time_s, log_starts=snap.log_starts,
             from_earliest=obj.starts_from_earliest, history=history, produced_at=stamps)
         # Assignments are only known in a stable group; mid-rebalance, assume owners are alive.
-        owned = ({tp for m in snap.members for tp in m.assigned} if snap.state == "STABLE"
-                 else None)
+        owned = snap.owned_partitions()
         statuses: dict[PartitionKey, str] = {}
         for tp, p in lags.items():
             window = state.windows.setdefault(tp, CommitWindow())
@@ -391,7 +398,7 @@ class Controller:
         log.info("%s/%s: %s", *key, message)
 
     def _transition_events(self, state: GroupState, obj: GroupObject,
-                           snap: GroupSnapshot) -> None:
+                           snap: GroupSnapshot, shared_with: tuple[str, ...] = ()) -> None:
         """Warnings once per transition, not once per sweep."""
         kcg = obj.kcg
         assert kcg is not None
@@ -407,6 +414,11 @@ class Controller:
             "assignor": ("RebalanceNonCompliant",
                          f"group {kcg.group_id} uses assignor {snap.assignor!r}")
             if wrong_assignor(snap) else None,
+            "group-id": ("SharedGroupId",
+                         f"KafkaConsumerGroup {', '.join(sorted(shared_with))} also uses group "
+                         f"{kcg.group_id} on {kcg.spec.kafka.bootstrap_servers}: recreate one "
+                         "of them with its own spec.groupId")
+            if shared_with else None,
         }
         for name, problem in checks.items():
             reason = problem[0] if problem else ""

@@ -199,7 +199,7 @@ class Sampler:
         lags = lagmath.partition_lags(
             snap.offsets, now_s=snap.time_s, log_starts=snap.log_starts,
             from_earliest=self.target.from_earliest, history=history, produced_at=stamps)
-        owned = owned_partitions(snap)
+        owned = snap.owned_partitions()
         statuses: dict[PartitionKey, str] = {}
         for tp, p in lags.items():
             window = self.windows.setdefault(tp, health.CommitWindow())
@@ -214,14 +214,6 @@ class Sampler:
 
     def _span(self, now: float) -> float:
         return 0.0 if self.first_time is None else max(0.0, now - self.first_time)
-
-
-def owned_partitions(snap: GroupSnapshot) -> set[PartitionKey] | None:
-    """Partitions a live member owns; None mid-rebalance (the controller's rule: only a
-    Stable group's assignment is known, otherwise every owner counts as alive)."""
-    if snap.state != "STABLE":
-        return None
-    return {tp for m in snap.members for tp in m.assigned}
 
 
 def owners(members: Sequence[Member]) -> dict[PartitionKey, Member]:

@@ -40,6 +40,8 @@ class Observed:
     ready: int | None = None  # its ready replicas; None: no Deployment
     pods: PodHealth | None = None  # None: not listed (no Deployment) or the LIST failed
     pods_error: str | None = None
+    # Other KafkaConsumerGroups ("namespace/name") naming the same group on the cluster.
+    shared_with: tuple[str, ...] = ()
 
     @property
     def total_lag(self) -> int:
@@ -90,6 +92,24 @@ def rebalance_condition(
         f"group {kcg.group_id} uses assignor {snap.assignor!r}, not {wanted}; members using "
         f"it: {offenders}. Use the properties file the operator mounts "
         "($KCG_CONSUMER_PROPERTIES) instead of hard-coded client settings.",
+        gen, previous)
+
+
+def group_id_condition(kcg: KafkaConsumerGroup, shared_with: Sequence[str],
+                       previous: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """GroupIdUnique: another object naming this Kafka group on this cluster puts both
+    Deployments' consumers in one group (their partitions split, their scaling fights)."""
+    gen = kcg.metadata.generation
+    if not shared_with:
+        return condition("GroupIdUnique", True, "Unique",
+                         f"no other KafkaConsumerGroup uses group {kcg.group_id} on "
+                         f"{kcg.spec.kafka.bootstrap_servers}", gen, previous)
+    return condition(
+        "GroupIdUnique", False, "SharedGroupId",
+        f"KafkaConsumerGroup {', '.join(sorted(shared_with))} also uses group "
+        f"{kcg.group_id} on {kcg.spec.kafka.bootstrap_servers}: both Deployments' consumers "
+        "join one group and split its partitions. Recreate one of them with its own "
+        "spec.groupId (it is immutable).",
         gen, previous)
 
 
@@ -249,7 +269,8 @@ def render_status(obj: GroupObject, observed: Observed | None,
     conditions += [ready,
                    pods_condition(observed.pods, observed.pods_error, replicas, generation,
                                   previous),
-                   rebalance_condition(kcg, snap, previous)]
+                   rebalance_condition(kcg, snap, previous),
+                   group_id_condition(kcg, observed.shared_with, previous)]
     if snap.broker_ok:
         status.update(partitions=snap.partitions, totalLag=observed.total_lag,
                       lagStatus=observed.group_status, health=observed.group_status)

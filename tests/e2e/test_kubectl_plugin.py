@@ -292,9 +292,9 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
 
         def judged(name: str = name) -> bool:
             # The operator judges a partition from its second sweep: partition 0 (lag,
-            # no progress) is STALL by then.
+            # no progress) is STALL (a member owns it) or STOP (no members) by then.
             verdicts = _metrics(operator, ns, name).get("kcg_consumergroup_partition_status")
-            return (verdicts or {}).get("0") == 5
+            return (verdicts or {}).get("0") in (4, 5)
 
         eventually(published, timeout=60, what=f"the operator's status of {name}")
         eventually(judged, timeout=60, what=f"the operator's Burrow verdict on {name}")
@@ -365,10 +365,11 @@ def test_describe_equals_kafka_consumer_groups_and_the_operator(
             verdict = STATUS_CODES[int(metrics["kcg_consumergroup_partition_status"]
                                        [str(partition)])]
             assert verdict == mine["status"], (name, partition)
-        # Quiet partitions with a backlog do not progress: Burrow's STALL (a member that
-        # owns them, or an Empty group whose owners the operator cannot know), OK else.
+        # Quiet partitions with a backlog do not progress: Burrow's STALL while a member
+        # owns them, STOP in a group with no members (its consumers are gone), OK else.
+        stuck = "STOP" if not doc["group"]["members"] else "STALL"
         assert {p: r["status"] for p, r in rows.items()} == {
-            p: "STALL" if p in commits and expected[name][p] else "OK" for p in rows}
+            p: stuck if p in commits and expected[name][p] else "OK" for p in rows}
         assert doc["status"]["samples"] == 3
 
     # The human table shows the same rows as Kafka's, with the header block above it.

@@ -8,8 +8,8 @@ the section stays true.
 
 Where the test departs from the text, and why:
 
-- `helm install` is not run: the suite's operator is already the chart's pod, release
-  `kcg` (a second operator would fight it over the same objects). `helm status` stands in
+- `helm install` is not run: the suite's operator is already the chart's pods (a second
+  operator would fight it over the same objects). `helm status` of its release stands in
   for the install's output, and `kcg-system` means the suite's operator namespace.
 - Names get a unique suffix (namespace, topic, group names), because the broker is shared
   with the rest of the suite; outputs are compared with the README's names put back.
@@ -172,6 +172,9 @@ def test_the_readme_walkthrough_on_the_node_shows_what_the_stack_does(
         "readme-pods-orders": f"{ns}-orders",
         "readme-pods": ns,
         "kcg-system": operator.namespace,
+        # The suite's release has its own name (cluster-scoped names derive from it).
+        "kcg-kcg-operator": f"{operator.release}-kcg-operator",
+        "NAME: kcg": f"NAME: {operator.release}",
         "orders-minimal": f"orders-minimal-{suffix}",
         "orders-typo": f"orders-typo-{suffix}",
         "/tmp/readme-minimal.yaml": str(tmp_path / "readme-minimal.yaml"),
@@ -199,7 +202,7 @@ def test_the_readme_walkthrough_on_the_node_shows_what_the_stack_does(
         if step.words == 'eval "$(make -s env)"':
             continue  # the environment above is what it exports
         if step.words.startswith("helm install kcg charts/kcg-operator "):
-            command = "helm status kcg -n kcg-system"
+            command = f"helm status {operator.release} -n kcg-system"
             expected = (*expected, "…")  # the README trims the install's notes
         else:
             command = step.command

@@ -107,7 +107,7 @@ def test_status_is_identical_when_nothing_changes_so_nothing_is_written() -> Non
     assert first["observedGeneration"] == 3 and first["totalLag"] == 0
     types = {c["type"]: c["status"] for c in first["conditions"]}
     assert types == {"Ready": "True", "RebalanceCompliant": "True", "LagHealthy": "True",
-                     "Scaling": "False", "PodsHealthy": "True"}
+                     "Scaling": "False", "PodsHealthy": "True", "GroupIdUnique": "True"}
     assert first["health"] == first["lagStatus"] == "OK"
     assert "sasl" not in str(first)
 
@@ -461,3 +461,14 @@ def test_a_new_leader_does_not_rewrite_the_status_the_last_one_left() -> None:
     body = {**obj.body, "status": written}
     successor.evaluate(key, GroupObject(body, obj.kcg, reconciled=obj.reconciled), _snap())
     assert successor_kube.statuses == []
+
+
+def test_a_shared_group_id_is_a_condition_naming_the_others() -> None:
+    obj = _ready_object()
+    alone = _conditions(render_status(obj, Observed(_snap(), current=1, ready=1), []))
+    assert (alone["GroupIdUnique"]["status"], alone["GroupIdUnique"]["reason"]) == (
+        "True", "Unique")
+    shared = Observed(_snap(), current=1, ready=1, shared_with=("team-b/orders",))
+    cond = _conditions(render_status(obj, shared, []))["GroupIdUnique"]
+    assert (cond["status"], cond["reason"]) == ("False", "SharedGroupId")
+    assert "team-b/orders" in cond["message"] and "spec.groupId" in cond["message"]

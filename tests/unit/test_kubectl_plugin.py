@@ -11,7 +11,6 @@ from kcg_operator.kubectl_plugin import (
     Frame,
     Target,
     frame_json,
-    owned_partitions,
     parser,
     render_table,
 )
@@ -207,14 +206,14 @@ def test_an_unreachable_broker_says_so_and_shows_no_numbers() -> None:
     [
         ("STABLE", {("orders", 0), ("orders", 1), ("other", 0), ("orders", 2)}),
         ("PREPARING_REBALANCE", None),  # mid-rebalance every owner counts as alive
-        ("EMPTY", None),
+        ("EMPTY", set()),  # no members: every partition's consumer is gone (STOP)
     ],
 )
 def test_owners_count_as_alive_as_the_controller_counts_them(
     state: str,
     owned: set[tuple[str, int]] | None,
 ) -> None:
-    assert owned_partitions(_snap(state=state)) == owned
+    assert _snap(state=state).owned_partitions() == owned
 
 
 def test_the_help_says_where_the_status_comes_from_and_hides_the_frame_limit() -> None:

@@ -639,6 +639,7 @@ class ConditionType(StrEnum):
     REBALANCE_COMPLIANT = "RebalanceCompliant"
     OUTBOX_READY = "OutboxReady"
     PODS_HEALTHY = "PodsHealthy"
+    GROUP_ID_UNIQUE = "GroupIdUnique"
 
 
 class ConditionStatus(StrEnum):
@@ -670,7 +671,7 @@ class Condition(StatusModel):
         max_length=316,
         pattern=CONDITION_TYPE_PATTERN,
         description="Condition type: Ready, Scaling, LagHealthy, RebalanceCompliant, "
-        "OutboxReady or PodsHealthy.",
+        "OutboxReady, PodsHealthy or GroupIdUnique.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -707,7 +708,8 @@ class KafkaConsumerGroupStatus(StatusModel):
     )
     conditions: list[Condition] | None = Field(
         None,
-        description="Ready, Scaling, LagHealthy, RebalanceCompliant, OutboxReady, PodsHealthy.",
+        description="Ready, Scaling, LagHealthy, RebalanceCompliant, OutboxReady, PodsHealthy, "
+        "GroupIdUnique.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],

@@ -103,6 +103,16 @@ class GroupSnapshot:
     def partitions(self) -> int:
         return sum(self.partition_counts.values())
 
+    def owned_partitions(self) -> set[tuple[str, int]] | None:
+        """Partitions a live member owns, for Burrow's STOP: known in a Stable group, none
+        in an Empty one (its consumers are gone), None while it rebalances (the broker
+        names no assignment then: every owner counts as alive)."""
+        if self.state == "EMPTY":
+            return set()
+        if self.state != "STABLE":
+            return None
+        return {tp for m in self.members for tp in m.assigned}
+
     def for_topics(self, topics: Iterable[str]) -> GroupSnapshot:
         """This snapshot narrowed to `topics` (several objects may share one group id)."""
         wanted = set(topics)
