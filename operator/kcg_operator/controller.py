@@ -21,13 +21,14 @@ handlers know of the objects it reads from the registry, never writes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +51,11 @@ from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS, PodHea
 from kcg_operator.workload.render import deployment_name
 
 log = logging.getLogger(__name__)
-#: Clusters swept at once; each sweep waits on its own cluster only.
-SWEEP_WORKERS = 4
+#: Clusters swept at once. Each cluster has at most one sweep in flight and the loop never
+#: waits for it, so a cluster that does not answer delays only its own groups.
+SWEEP_WORKERS = 16
+#: Workloads read and applied at once (Secret reads, server-side applies).
+RECONCILE_WORKERS = 4
 
 Stamps = Mapping[tuple[PartitionKey, int], float]
 
@@ -134,6 +138,12 @@ class Controller:
         self.states: dict[Key, GroupState] = {}
         self._pool = ThreadPoolExecutor(max_workers=SWEEP_WORKERS,
                                         thread_name_prefix="kcg-sweep")
+        self._reconcilers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS,
+                                               thread_name_prefix="kcg-reconcile")
+        # The sweep in flight per cluster, and the groups it holds (only its thread touches
+        # their state until it is done).
+        self._inflight: dict[ClusterKey, tuple[Future[None], frozenset[Key]]] = {}
+        self._deferred: set[Key] = set()  # changed while their cluster's sweep was out
         self.last_pass = time.monotonic()  # for the liveness probe
 
     def run(self, stop: threading.Event) -> None:
@@ -162,17 +172,31 @@ class Controller:
         objects = self.registry.objects()
         for gone in set(self.states) - set(objects):
             self._forget(self.states.pop(gone))
-        due = [(key, obj) for key, obj in objects.items() if self._workload_due(key, obj)]
+        busy: set[Key] = set()
+        for cluster, (future, keys) in list(self._inflight.items()):
+            if future.done():
+                del self._inflight[cluster]
+            else:
+                busy |= keys
+        due = [(key, obj) for key, obj in objects.items()
+               if key not in busy and self._workload_due(key, obj)]
         if due:
-            list(self._pool.map(lambda item: self._safe(self.reconcile_workload, *item), due))
+            list(self._reconcilers.map(lambda item: self._safe(self.reconcile_workload, *item),
+                                       due))
             objects = self.registry.objects()
         metrics.groups_watched.set(len(objects))
-        dirty = self.registry.take_dirty()
+        dirty = self.registry.take_dirty() | self._deferred
+        self._deferred = set()
         by_cluster: dict[ClusterKey, list[tuple[Key, GroupObject]]] = defaultdict(list)
         now = time.time()
         for key, obj in objects.items():
             if obj.reconciled is None:
                 continue  # not reconciled by this process yet: keep the status it has
+            if key in busy or obj.cluster in self._inflight:
+                # Its cluster's sweep is still out: looked at when it is back.
+                if key in dirty:
+                    self._deferred.add(key)
+                continue
             state = self.states.setdefault(key, GroupState())
             if key not in dirty and state.next_poll > now:
                 continue
@@ -184,7 +208,15 @@ class Controller:
                 self._safe(self.write_status, key, obj, None)
                 continue
             by_cluster[obj.cluster].append((key, obj))
-        list(self._pool.map(lambda item: self._sweep_cluster_safely(*item), by_cluster.items()))
+        for cluster, groups in by_cluster.items():
+            future = self._pool.submit(self._sweep_cluster_safely, cluster, groups)
+            self._inflight[cluster] = (future, frozenset(key for key, _ in groups))
+            future.add_done_callback(lambda _: self.registry.wake.set())
+
+    def wait_for_sweeps(self, timeout: float | None = None) -> None:
+        """Until the sweeps in flight are done (for tests and a clean stop)."""
+        futures = [future for future, _ in self._inflight.values()]
+        concurrent.futures.wait(futures, timeout=timeout)
 
     def _sweep_cluster_safely(self, cluster: ClusterKey,
                               groups: list[tuple[Key, GroupObject]]) -> None:
