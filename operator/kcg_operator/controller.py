@@ -495,6 +495,7 @@ class Controller:
                 metrics.replica_rate.labels(*labels).set(decision.per_replica_rate)
         if observed.current is not None:
             metrics.current_replicas.labels(*labels).set(observed.current)
+        metrics.export_expected_relays(*labels, kcg.spec.outbox is not None, observed.current)
 
     @staticmethod
     def _forget(state: GroupState) -> None:

@@ -63,6 +63,11 @@ rebalance_compliant = Gauge(
     "kcg_consumergroup_rebalance_compliant",
     "1 when the group's assignor is compliant, 0 when not (absent while unknown).",
     GROUP_LABELS)
+outbox_expected_relays = Gauge(
+    "kcg_outbox_expected_relays",
+    "Outbox relays that should run for a group with spec.outbox: spec.replicas of its "
+    "consumer Deployment, one relay sidecar per pod (absent without spec.outbox).",
+    GROUP_LABELS)
 kafka_up = Gauge(
     "kcg_kafka_up", "1 when the cluster answered the last lag sweep, 0 when not.",
     ("cluster",))
@@ -86,7 +91,7 @@ def forget_group(namespace: str, name: str, group: str,
     """Drop a deleted group's series so dashboards and alerts do not show ghosts."""
     for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas,
                   group_partitions, group_members, slo_seconds, production_rate,
-                  replica_rate, rebalance_compliant):
+                  replica_rate, rebalance_compliant, outbox_expected_relays):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name, group)
     for direction in ("up", "down"):
@@ -97,6 +102,20 @@ def forget_group(namespace: str, name: str, group: str,
         for series in (partition_lag, partition_lag_seconds, partition_status):
             with contextlib.suppress(KeyError):
                 series.remove(namespace, name, group, topic, partition)
+
+
+def export_expected_relays(namespace: str, name: str, group: str, has_outbox: bool,
+                           replicas: int | None) -> None:
+    """kcg_outbox_expected_relays of one group: the Deployment's replicas while the group
+    has spec.outbox, no series once it has none (its relays are gone on purpose). Unknown
+    replicas (no Deployment seen) keep the last figure, as kcg_current_replicas does."""
+    if not has_outbox:
+        with contextlib.suppress(KeyError):
+            outbox_expected_relays.remove(namespace, name, group)
+    elif replicas is not None:
+        outbox_expected_relays.labels(namespace, name, group).set(replicas)
+
+
 api_writes = Counter(
     "kcg_api_writes_total",
     "Writes the controller loop and reconciler made to the Kubernetes API (apply, status, "
