@@ -344,15 +344,27 @@ class OutboxStore:
                     (letter.seq, letter.topic, letter.error),
                 )
 
-    def oldest_pending_age(self) -> float | None:
-        """Seconds since the oldest pending row was written (None: table empty)."""
+    def oldest_pending_age(self, timeout_ms: int | None = None) -> float | None:
+        """Seconds since the oldest pending row was written (None: table empty).
+
+        `timeout_ms`: cancel the read after that long (psycopg.errors.QueryCanceled), in
+        place of the session's statement_timeout, for callers that must not wait on a lock
+        (the relay while a round waits for Kafka). Needs an idle session (autocommit, no
+        open transaction): the setting is restored when the read ends, however it ends."""
         assert self.table is not None
         if not self.table.has_created_at:
             return None
-        row = self._c().execute(
-            f"SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 "
-            f"FROM {self.table.qualified_name} ORDER BY seq LIMIT 1".encode()
-        ).fetchone()
+        conn = self._c()
+        query = (f"SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 "
+                 f"FROM {self.table.qualified_name} ORDER BY seq LIMIT 1").encode()
+        if timeout_ms is None:
+            row = conn.execute(query).fetchone()
+        else:
+            conn.execute(f"SET statement_timeout = {int(timeout_ms)}".encode())
+            try:
+                row = conn.execute(query).fetchone()
+            finally:
+                conn.execute(SESSION_SETTINGS[0].encode())
         return None if row is None else max(0.0, float(str(row[0])))
 
     def wait_for_notify(self, timeout: float) -> bool:

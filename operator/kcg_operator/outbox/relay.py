@@ -12,7 +12,9 @@ The loop, one round at a time:
      whose SELECTs are pipelined with queueing the previous slice in the producer, up to
      OUTBOX_BATCH_SIZE rows or OUTBOX_MAX_ROUND_MS (claim.py; where the scan starts:
      floor.py);
-  3. flush: wait until every row has an outcome (pipeline.py);
+  3. flush: wait until every row has an outcome (pipeline.py); meanwhile, on each
+     rebalance tick, re-read the oldest pending row's age (a broker outage is exactly
+     when that gauge must keep growing);
   4. one statement (a transaction when rows are dead-lettered) deletes the acknowledged
      rows and moves refused ones to the dead-letter table;
   5. no row found: sleep 1 ms, doubling up to OUTBOX_POLL_INTERVAL_MS (and to a tenth of
@@ -71,6 +73,7 @@ RECONNECT_MIN_SECONDS: Final = 0.2
 RECONNECT_MAX_SECONDS: Final = 5.0
 KAFKA_RECHECK_SECONDS: Final = 2.0
 FATAL_GIVE_UP_SECONDS: Final = 10.0
+AGE_QUERY_TIMEOUT_MS: Final = 1000
 
 
 def next_poll_delay(previous: float, progressed: bool, ceiling: float, idle_for: float) -> float:
@@ -109,6 +112,7 @@ class Relay:
         self._stop = threading.Event()
         self._stop_deadline = float("inf")
         self._next_rebalance = 0.0
+        self._next_age_report = 0.0
         self._next_kafka_check = 0.0
         self._poll_delay = 0.0
         self._poll_at = 0.0
@@ -261,10 +265,27 @@ class Relay:
         self.metrics.relays.set(len(view.members))
         self.health.update(owned_shards=len(self.owned), relays=len(view.members))
 
-    def _report_age(self) -> None:
-        age = self.store.oldest_pending_age()
+    def _report_age(self, timeout_ms: int | None = None) -> None:
+        age = self.store.oldest_pending_age(timeout_ms)
         self.metrics.oldest_pending.set(age or 0.0)
         self.health.update(oldest_pending_seconds=None if age is None else round(age, 3))
+        self._next_age_report = self.clock() + self.config.rebalance_interval_seconds
+
+    def _report_age_while_waiting(self) -> None:
+        """The age, re-read during a round's wait for acknowledgements.
+
+        Safe there: fetch_round has committed the round's snapshot before the wait, so this
+        is one autocommit read on an idle session; it takes no row or advisory lock and
+        leaves the round's rows, their order and the shards alone. It is bounded
+        (AGE_QUERY_TIMEOUT_MS) so that a table lock cannot hold up the delivery reports,
+        and a failure only leaves the gauge as it was: the round must not be abandoned
+        (its acknowledged rows would be published again) for a metric. A lost session
+        shows up at finish_round, as without this read."""
+        try:
+            self._report_age(AGE_QUERY_TIMEOUT_MS)
+        except psycopg.Error as exc:
+            self._next_age_report = self.clock() + self.config.rebalance_interval_seconds
+            log.debug("oldest pending age not refreshed while waiting: %s", exc)
 
     # ------------------------------------------------------------------ one round
 
@@ -279,6 +300,13 @@ class Relay:
         if self.publisher.fatal is not None:
             return now - self._round_started < FATAL_GIVE_UP_SECONDS
         return True
+
+    def _waiting_for_acks(self) -> bool:
+        """_keep_waiting, for the wait after the fetch (not for the drains inside it, which
+        run in the round's open snapshot and pipeline): also keeps the age gauge current."""
+        if self.clock() >= self._next_age_report:
+            self._report_age_while_waiting()
+        return self._keep_waiting()
 
     def _round(self) -> tuple[bool, bool]:
         """One round; returns (any row settled, the round was cut short by its limits)."""
@@ -303,7 +331,7 @@ class Relay:
         full = cut or fetched >= config.batch_size
         if fetched == 0:
             return False, False
-        finished = publisher.wait(self._keep_waiting)
+        finished = publisher.wait(self._waiting_for_acks)
         outcome = publisher.outcome
         self.store.finish_round(outcome.acked, outcome.dead)
         if not finished:
