@@ -81,6 +81,7 @@ class GroupState:
     workload_generation: Any = None
     applied: bool = False
     retry_at: float = 0.0
+    secret_checked: float = 0.0  # when its spec.kafka.secretRef was last read for rotation
 
     def note_offsets(self, snap: GroupSnapshot) -> dict[PartitionKey, list[tuple[int, float]]]:
         """Add this sweep's end offsets to the (end offset, time) history; a repeat of
@@ -178,8 +179,10 @@ class Controller:
                 del self._inflight[cluster]
             else:
                 busy |= keys
+        secrets: dict[Key, Mapping[str, str] | None] = {}  # each Secret read once a pass
         due = [(key, obj) for key, obj in objects.items()
-               if key not in busy and self._workload_due(key, obj)]
+               if key not in busy and (self._workload_due(key, obj)
+                                       or self._secret_rotated(key, obj, secrets))]
         if due:
             list(self._reconcilers.map(lambda item: self._safe(self.reconcile_workload, *item),
                                        due))
@@ -291,12 +294,32 @@ class Controller:
         return not state.applied or (obj.reconciled is not None and obj.reconciled.ok
                                      and self.registry.take_missing(key))
 
+    def _secret_rotated(self, key: Key, obj: GroupObject,
+                        read: dict[Key, Mapping[str, str] | None]) -> bool:
+        """Whether the Secret named by spec.kafka.secretRef changed since the workload was
+        prepared: read once per check interval, so a rotation reaches the operator's own
+        Kafka client (its key is the credentials' digest) within one interval."""
+        ref = obj.kcg.spec.kafka.secret_ref if obj.kcg is not None else None
+        state = self.states.get(key)
+        if ref is None or state is None or obj.cluster is None:
+            return False
+        now = time.time()
+        if now < state.secret_checked + self.check_interval_s:
+            return False
+        state.secret_checked = now
+        name = (key[0], ref.name)
+        if name not in read:
+            read[name] = self.kube.secret_data(*name)
+        assert obj.kcg is not None
+        return ClusterKey.of(obj.kcg.spec.kafka.bootstrap_servers, read[name]) != obj.cluster
+
     def reconcile_workload(self, key: Key, obj: GroupObject) -> None:
         """Read and render the workload; the leader also applies it."""
         state = self.states.setdefault(key, GroupState())
         body = obj.body
         state.workload_generation = (body.get("metadata") or {}).get("generation")
         state.retry_at, state.applied = 0.0, False
+        state.secret_checked = time.time()
         prepared = reconciler.prepare(self.kube, key, body, self.relay_image)
         if isinstance(prepared, reconciler.Prepared) and self.leading():
             outcome = reconciler.apply(self.kube, self.registry, key, body, prepared)
