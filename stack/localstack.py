@@ -28,6 +28,7 @@ import json
 import os
 import pwd
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -345,6 +346,8 @@ def _make_pki(host: str, service_ip: str) -> None:
     (pki / "kubelet.ext").write_text(
         f"subjectAltName=DNS:{node.NODE_NAME},IP:{host}\nextendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    (pki / "kafka.ext").write_text(
+        f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{host}\nextendedKeyUsage=serverAuth\n")
     for name, subj, ext in (
         ("apiserver", "/CN=kube-apiserver", "server.ext"),
         ("admin", "/O=system:masters/CN=admin", "client.ext"),
@@ -353,11 +356,16 @@ def _make_pki(host: str, service_ip: str) -> None:
         ("kubelet", f"/CN={node.NODE_NAME}", "kubelet.ext"),
         ("kubelet-client", f"/O=system:nodes/CN=system:node:{node.NODE_NAME}", "client.ext"),
         ("kube-proxy", "/CN=system:kube-proxy", "client.ext"),
+        # Kafka's SASL_SSL listener: its certificate, signed by the stack's CA.
+        ("kafka", "/CN=kafka", "kafka.ext"),
     ):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
                  f"{name}.csr", "-subj", subj)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", ext)
+    # Kafka reads its key and certificate chain from one PEM file (a PKCS#8 key, unencrypted).
+    (pki / "kafka-keystore.pem").write_text(
+        (pki / "kafka.key").read_text() + (pki / "kafka.crt").read_text())
     _openssl("genrsa", "-out", "sa.key", "2048")
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
@@ -482,6 +490,8 @@ class _Phases:
         return f"{time.monotonic() - self.t0:.1f}s ({', '.join(self.done)})"
 
 
+SASL_USERNAME = "kcg"
+
 #: Writes only, at Metadata level (no bodies: Secrets never reach the log).
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -506,6 +516,9 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
     etcd_port, etcd_peer, kafka_ctl = free_port(), free_port(), free_port()
     # Servers on the node's address: probed there.
     api_port, kafka_port, pg_port = free_port(host), free_port(host), free_port(host)
+    sasl_port = free_port(host)
+    # The SASL_SSL listener's one user (SCRAM-SHA-512), made when the storage is formatted.
+    sasl_password = secrets.token_urlsafe(18)
     phases.mark("pki")
 
     _start("etcd", [
@@ -517,7 +530,7 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
         "--unsafe-no-fsync=true", "--quota-backend-bytes=4294967296", "--log-level=warn",
     ], owned, procs)
-    _start_kafka(host, kafka_port, kafka_ctl, owned, procs)
+    _start_kafka(host, kafka_port, sasl_port, sasl_password, kafka_ctl, owned, procs)
     _start_postgres(host, pg_port, owned, procs)
     _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, procs)
 
@@ -580,6 +593,11 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
     state: dict[str, object] = {
         "KUBECONFIG": str(kubeconfig),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        # The same broker behind SASL_SSL (SCRAM-SHA-512, a certificate of the stack's CA).
+        "KAFKA_SASL_BOOTSTRAP_SERVERS": f"{host}:{sasl_port}",
+        "KAFKA_SASL_USERNAME": SASL_USERNAME,
+        "KAFKA_SASL_PASSWORD": sasl_password,
+        "KAFKA_CA_FILE": str(pki / "ca.crt"),
         "OUTBOX_DSN": dsn,
         "KCG_STACK_DIR": str(STATE),
         "KCG_K8S_BIN": str(K8S_BIN),
@@ -659,7 +677,8 @@ def reload_images() -> dict[str, str]:
     return refs
 
 
-def _start_kafka(host: str, port: int, ctl_port: int, owned: bool, procs: list[Proc]) -> None:
+def _start_kafka(host: str, port: int, sasl_port: int, sasl_password: str, ctl_port: int,
+                 owned: bool, procs: list[Proc]) -> None:
     kdir = _mkdir(STATE / "kafka")
     props = kdir / "server.properties"
     props.write_text(
@@ -667,11 +686,19 @@ def _start_kafka(host: str, port: int, ctl_port: int, owned: bool, procs: list[P
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{ctl_port}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{ctl_port}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            f"listeners=PLAINTEXT://{host}:{port},SASL_SSL://{host}:{sasl_port},"
+            f"CONTROLLER://127.0.0.1:{ctl_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port},SASL_SSL://{host}:{sasl_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+            "SASL_SSL:SASL_SSL",
+            # Authentication on a real listener: SCRAM-SHA-512 over TLS with the stack's CA.
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+            f"listener.name.sasl_ssl.ssl.keystore.location={STATE / 'pki' / 'kafka-keystore.pem'}",
             f"log.dirs={kdir / 'data'}",
             "num.partitions=1",
             "auto.create.topics.enable=false",
@@ -709,7 +736,8 @@ def _start_kafka(host: str, port: int, ctl_port: int, owned: bool, procs: list[P
             "-cp", f"{KAFKA_LIBS}/*"]
     fmt = subprocess.run(
         [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={kafka_cluster_id()}",
-         "-c", str(props)],
+         "-c", str(props),
+         f"--add-scram=SCRAM-SHA-512=[name={SASL_USERNAME},password={sasl_password}]"],
         capture_output=True, text=True,
     )
     if fmt.returncode != 0:

@@ -458,7 +458,7 @@ class Controller:
         kcg = obj.kcg
         assert kcg is not None
         checks = {
-            "broker": ("BrokerUnreachable",
+            "broker": ("KafkaAuthenticationFailed" if snap.auth_failed else "BrokerUnreachable",
                        f"Kafka at {kcg.spec.kafka.bootstrap_servers} did not answer: "
                        f"{snap.error}; replicas are left as they are") if not snap.broker_ok
             else None,

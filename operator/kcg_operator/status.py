@@ -253,7 +253,11 @@ def render_status(obj: GroupObject, observed: Observed | None,
     status["observedGeneration"] = generation
     if rec.selector:
         status["selector"] = rec.selector
-    if not snap.broker_ok:
+    if snap.auth_failed:
+        ready = condition("Ready", False, "KafkaAuthenticationFailed",
+                          f"Kafka refused the credentials of spec.kafka.secretRef: {snap.error}",
+                          generation, previous)
+    elif not snap.broker_ok:
         ready = condition("Ready", False, "KafkaUnreachable",
                           f"Kafka did not answer: {snap.error}", generation, previous)
     elif snap.missing_topics:

@@ -472,3 +472,13 @@ def test_a_shared_group_id_is_a_condition_naming_the_others() -> None:
     cond = _conditions(render_status(obj, shared, []))["GroupIdUnique"]
     assert (cond["status"], cond["reason"]) == ("False", "SharedGroupId")
     assert "team-b/orders" in cond["message"] and "spec.groupId" in cond["message"]
+
+
+def test_refused_credentials_are_named_in_ready() -> None:
+    snap = _snap(broker_ok=False, offsets={}, members=(), auth_failed=True,
+                 error="authentication failed: SASL authentication error: Authentication "
+                       "failed during authentication due to invalid credentials")
+    ready = _conditions(render_status(_ready_object(), Observed(snap, current=1, ready=1),
+                                      []))["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "KafkaAuthenticationFailed")
+    assert "spec.kafka.secretRef" in ready["message"] and "invalid credentials" in ready["message"]

@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import (
     Consumer,
     ConsumerGroupTopicPartitions,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -87,6 +88,8 @@ class GroupSnapshot:
     time_s: float
     broker_ok: bool
     error: str | None = None
+    # The broker refused the credentials (SASL): the error says why, the fix is the Secret.
+    auth_failed: bool = False
     # (topic, partition) -> (end offset, committed offset or None)
     offsets: dict[tuple[str, int], tuple[int, int | None]] = field(default_factory=dict)
     partition_counts: dict[str, int] = field(default_factory=dict)
@@ -155,6 +158,9 @@ class LagCollector:
         self._reader_locks: dict[ClusterKey, threading.Lock] = {}
         self.requests_failed = 0
         self.timestamps_read = 0  # messages fetched for their timestamp (cache misses)
+        # The last authentication error librdkafka reported per cluster: a failed request
+        # only says "transport failure", the error callback says why.
+        self._auth_errors: dict[ClusterKey, str] = {}
 
     def client(self, key: ClusterKey, auth: Mapping[str, str] | None = None) -> AdminClient:
         with self._lock:
@@ -169,11 +175,16 @@ class LagCollector:
                     "log_level": 2,
                     "reconnect.backoff.ms": 500,
                     "reconnect.backoff.max.ms": 10000,
+                    "error_cb": lambda err, key=key: self._on_error(key, err),
                 }
                 conf.update(operator_auth(auth))
                 admin = AdminClient(conf)
                 self._clients[key] = admin
             return admin
+
+    def _on_error(self, key: ClusterKey, err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            self._auth_errors[key] = err.str()
 
     @property
     def clusters(self) -> int:
@@ -198,8 +209,13 @@ class LagCollector:
             metadata = admin.list_topics(timeout=self._timeout)
         except (KafkaException, TimeoutError) as exc:
             self.requests_failed += 1
-            return {g.group_id: GroupSnapshot(g.group_id, now, False, f"metadata: {exc}")
+            admin.poll(0)  # serves the error callback, which says why
+            refused = self._auth_errors.get(key)
+            error = f"authentication failed: {refused}" if refused else f"metadata: {exc}"
+            return {g.group_id: GroupSnapshot(g.group_id, now, False, error,
+                                              auth_failed=refused is not None)
                     for g in requests}
+        self._auth_errors.pop(key, None)
 
         counts: dict[str, int] = {}
         for topic in {t for g in requests for t in g.topics}:
