@@ -82,6 +82,7 @@ class GroupState:
     applied: bool = False
     retry_at: float = 0.0
     secret_checked: float = 0.0  # when its spec.kafka.secretRef was last read for rotation
+    force_apply: bool = False  # a ConfigMap or Deployment was deleted: apply even if unchanged
 
     def note_offsets(self, snap: GroupSnapshot) -> dict[PartitionKey, list[tuple[int, float]]]:
         """Add this sweep's end offsets to the (end offset, time) history; a repeat of
@@ -291,8 +292,9 @@ class Controller:
         if not self.leading():
             return False
         # Promoted (prepared, never applied here), or its Deployment/ConfigMap was deleted.
-        return not state.applied or (obj.reconciled is not None and obj.reconciled.ok
-                                     and self.registry.take_missing(key))
+        if obj.reconciled is not None and obj.reconciled.ok and self.registry.take_missing(key):
+            state.force_apply = True
+        return not state.applied or state.force_apply
 
     def _secret_rotated(self, key: Key, obj: GroupObject,
                         read: dict[Key, Mapping[str, str] | None]) -> bool:
@@ -322,12 +324,16 @@ class Controller:
         state.secret_checked = time.time()
         prepared = reconciler.prepare(self.kube, key, body, self.relay_image)
         if isinstance(prepared, reconciler.Prepared) and self.leading():
-            outcome = reconciler.apply(self.kube, self.registry, key, body, prepared)
+            unchanged = (None if state.force_apply
+                         else reconciler.up_to_date(self.registry, key, body, prepared))
+            outcome = unchanged or reconciler.apply(self.kube, self.registry, key, body,
+                                                    prepared)
             if isinstance(outcome, Reconciled):
                 reconciler.record(self.registry, key, body, prepared, outcome)
-                state.applied = True
+                state.applied, state.force_apply = True, False
                 state.last_events["workload"] = ""
-                self.kube.event(body, "Normal", "Applied", outcome.message)
+                if unchanged is None:
+                    self.kube.event(body, "Normal", "Applied", outcome.message)
                 return
             refused = outcome
         elif isinstance(prepared, reconciler.Prepared):

@@ -27,6 +27,7 @@ from kcg_operator.workload.consumer_config import ConsumerConfigError
 from kcg_operator.workload.render import (
     CONFIG_HASH_ANNOTATION,
     DEFAULT_RELAY_IMAGE,
+    WORKLOAD_HASH_ANNOTATION,
     Workload,
     deployment_name,
     render_workload,
@@ -34,7 +35,7 @@ from kcg_operator.workload.render import (
 )
 
 __all__ = ["DEFAULT_RELAY_IMAGE", "Prepared", "Refused", "apply", "initial_replicas", "prepare",
-           "record"]
+           "record", "up_to_date"]
 
 #: Seconds before a failed reconcile that may heal by itself (a missing Secret, a refused
 #: apply) is tried again.
@@ -112,6 +113,27 @@ def record(registry: Registry, key: Key, body: Mapping[str, Any],
         auth=result.auth, starts_from_earliest=result.workload.config.starts_from_earliest)
 
 
+def up_to_date(registry: Registry, key: Key, body: Mapping[str, Any],
+               prepared: Prepared) -> Reconciled | None:
+    """The outcome without a write when the Deployment the watch shows carries this
+    workload's digest (a restart or a new leader then writes nothing for it); else None."""
+    seen = registry.deployment(key)
+    digest = prepared.workload.deployment["metadata"]["annotations"][WORKLOAD_HASH_ANNOTATION]
+    if seen is None or seen.workload_hash != digest:
+        return None
+    return _outcome(body, prepared, seen.wanted)
+
+
+def _outcome(body: Mapping[str, Any], prepared: Prepared, replicas: int) -> Reconciled:
+    name = deployment_name(prepared.kcg)
+    config_id = prepared.workload.deployment["spec"]["template"]["metadata"]["annotations"][
+        CONFIG_HASH_ANNOTATION][:12]
+    message = (f"Deployment {name} and its consumer properties applied "
+               f"({replicas} replicas, config {config_id})")
+    return Reconciled((body.get("metadata") or {}).get("generation"), True, "Reconciled",
+                      message, deployment=name, selector=status_selector(prepared.kcg))
+
+
 def apply(kube: Kube, registry: Registry, key: Key, body: Mapping[str, Any],
           prepared: Prepared) -> Refused | Reconciled:
     """Apply the ConfigMap and the Deployment; returns the outcome (or why it failed)."""
@@ -131,11 +153,8 @@ def apply(kube: Kube, registry: Registry, key: Key, body: Mapping[str, Any],
                            retry=True)
     # What the apiserver answered is as current as the Deployment's watch, which may have
     # delivered the new Deployment before this object was reconciled.
-    registry.deployment_seen(key, (int(applied["spec"].get("replicas") or 0),
-                                   int((applied.get("status") or {}).get("readyReplicas") or 0)))
-    config_id = deployment["spec"]["template"]["metadata"]["annotations"][
-        CONFIG_HASH_ANNOTATION][:12]
-    message = (f"Deployment {name} and its consumer properties applied "
-               f"({replicas} replicas, config {config_id})")
-    return Reconciled(generation, True, "Reconciled", message, deployment=name,
-                      selector=status_selector(kcg))
+    registry.deployment_seen(
+        key, (int(applied["spec"].get("replicas") or 0),
+              int((applied.get("status") or {}).get("readyReplicas") or 0)),
+        (applied["metadata"].get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION))
+    return _outcome(body, prepared, replicas)

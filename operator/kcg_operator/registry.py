@@ -54,6 +54,7 @@ class DeploymentReplicas:
     wanted: int
     ready: int
     seen_at: float  # time.monotonic() when the watch delivered it
+    workload_hash: str | None = None  # what the operator last applied to it
 
 
 class Registry:
@@ -102,14 +103,17 @@ class Registry:
             self._locks.pop(key, None)
             self._missing.discard(key)
 
-    def deployment_seen(self, key: Key, replicas: tuple[int, int] | None) -> None:
-        """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted."""
+    def deployment_seen(self, key: Key, replicas: tuple[int, int] | None,
+                        workload_hash: str | None = None) -> None:
+        """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted,
+        and the workload digest it carries."""
         with self._lock:
             if replicas is None:
                 self._deployments.pop(key, None)
                 self._missing.add(key)
             else:
-                self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic())
+                self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic(),
+                                                            workload_hash)
         if replicas is None:
             self.wake.set()
 

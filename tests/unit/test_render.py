@@ -21,6 +21,7 @@ from kcg_operator.workload.render import (
     CONSUMER_PROPERTIES_FILE,
     DEFAULT_TERMINATION_GRACE_SECONDS,
     PRODUCER_PROPERTIES_FILE,
+    WORKLOAD_HASH_ANNOTATION,
     Workload,
     render_workload,
     selector_labels,
@@ -243,3 +244,21 @@ def test_no_managed_or_credential_key_reaches_the_config_map_from_the_user() -> 
     keys = {line.split("=", 1)[0] for line in text.splitlines() if not line.startswith("#")}
     assert not keys & CREDENTIAL_CONSUMER_KEYS
     assert keys & MANAGED_CONSUMER_KEYS.keys()  # the operator's own values
+
+
+def _digest(w: Workload) -> str:
+    return str(w.deployment["metadata"]["annotations"][WORKLOAD_HASH_ANNOTATION])
+
+
+def test_the_workload_digest_changes_with_what_is_applied_and_only_with_it() -> None:
+    scaled = {"scaling": {"minReplicas": 1, "maxReplicas": 4}}
+    assert _digest(render(2)) == _digest(render(2))
+    # The scaler owns replicas: a digest that followed them would re-apply at every scale.
+    assert _digest(render(1, **scaled)) == _digest(render(3, **scaled))
+    # Without scaling, spec.replicas is what is applied.
+    pinned = [render_workload(parse_kafka_consumer_group(body(replicas=n)), replicas=n)
+              for n in (2, 3)]
+    assert _digest(pinned[0]) != _digest(pinned[1])
+    assert _digest(render(2)) != _digest(render(2, consumerConfig={"max.poll.records": "50"}))
+    assert _digest(render(2)) != _digest(render(2, topics=["orders"]))
+    assert _digest(render(2)) != _digest(render(2, auth={"sasl.password": "x"}))

@@ -23,6 +23,7 @@ from kcg_operator.api.models import (
     KafkaConsumerGroup,
     parse_kafka_consumer_group,
 )
+from kcg_operator.workload.render import WORKLOAD_HASH_ANNOTATION
 
 
 def _parse_or_none(body: Any) -> KafkaConsumerGroup | None:
@@ -53,7 +54,8 @@ def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | Non
         return
     replicas = None if event["type"] == "DELETED" else (
         int(body.spec.get("replicas") or 0), int(body.status.get("readyReplicas") or 0))
-    runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas)
+    applied = (body.metadata.get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION)
+    runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas, applied)
 
 
 @kopf.on.event("", "v1", "configmaps", labels={GROUP_LABEL: kopf.PRESENT})

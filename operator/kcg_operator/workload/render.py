@@ -40,6 +40,10 @@ from kcg_operator.workload.sidecar import relay_container
 
 MANAGED_BY: Final = "kcg-operator"
 CONFIG_HASH_ANNOTATION: Final = "kcg.dev/config-hash"
+#: On the Deployment: a digest of everything the operator applies (ConfigMap and Deployment,
+#: replicas only where spec.replicas sets them), so an unchanged workload is not applied
+#: again (an operator restart or a new leader writes nothing for it).
+WORKLOAD_HASH_ANNOTATION: Final = "kcg.dev/workload-hash"
 #: Image of the outbox relay sidecar: the operator's own image (`kcg relay`).
 DEFAULT_RELAY_IMAGE: Final = "ghcr.io/kcg-dev/kcg-operator:0.1.0"
 
@@ -125,6 +129,17 @@ def config_hash(config_map: Mapping[str, Any]) -> str:
     """sha256 of the ConfigMap's data: the pod template carries it, so a change rolls pods."""
     canonical = json.dumps(config_map.get("data", {}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def workload_hash(kcg: KafkaConsumerGroup, config_map: Mapping[str, Any],
+                  deployment: Mapping[str, Any]) -> str:
+    """The digest in WORKLOAD_HASH_ANNOTATION. Replicas count only without spec.scaling:
+    with it, the scaler owns them."""
+    spec = {k: v for k, v in deployment["spec"].items() if k != "replicas"}
+    pinned = kcg.spec.replicas if kcg.spec.scaling is None else None
+    canonical = json.dumps([config_map, deployment["metadata"], spec, pinned], sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def kafka_env(kcg: KafkaConsumerGroup, config: ConsumerConfig) -> list[dict[str, Any]]:
@@ -280,8 +295,7 @@ def render_workload(
     template = render_pod_template(kcg, config_map, config)
     if kcg.spec.outbox is not None:
         template = with_outbox_relay(kcg, template, config, relay_image)
-    return Workload(
-        config=config,
-        config_map=config_map,
-        deployment=render_deployment(kcg, template, replicas=replicas),
-    )
+    deployment = render_deployment(kcg, template, replicas=replicas)
+    digest = workload_hash(kcg, config_map, deployment)
+    deployment["metadata"].setdefault("annotations", {})[WORKLOAD_HASH_ANNOTATION] = digest
+    return Workload(config=config, config_map=config_map, deployment=deployment)
