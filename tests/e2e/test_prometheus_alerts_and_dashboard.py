@@ -300,6 +300,26 @@ def _write_event(busy: Busy, topic: str, age_seconds: float = 0.0) -> None:
             f"clock_timestamp() - make_interval(secs => %s))".encode(), (topic, age_seconds))
 
 
+def _date_back_pending(busy: Busy, seconds: float) -> int:
+    """Make every pending event `seconds` older, as if the outage had lasted that long (the
+    relay measures the age as clock_timestamp() - created_at); returns how many."""
+    with psycopg.connect(busy.dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            f"UPDATE {busy.names.outbox} SET created_at = created_at - "
+            f"make_interval(secs => %s)".encode(), (seconds,))
+        return cur.rowcount
+
+
+def _relays_missing(busy: Busy) -> float | None:
+    """KcgOutboxRelayDown's arm for relays without a target, on the real scrape labels: the
+    operator's expected relays minus the relay targets up, joined as the rule joins them."""
+    return _series(busy.prom, (
+        f'max by (namespace, name, group) (kcg_outbox_expected_relays{{namespace="{busy.ns}"}})'
+        ' - on (namespace, name) group_left () label_replace(count by (namespace, '
+        f'kcg_dev_group) (up{{job="{prom_stack.RELAY_JOB}",namespace="{busy.ns}"}} == 1), '
+        '"name", "$1", "kcg_dev_group", "(.+)")'))
+
+
 def test_pods_that_lose_kafka_fire_the_lag_and_relay_alerts_which_resolve_after(
     busy: Busy,
 ) -> None:
@@ -313,20 +333,26 @@ def test_pods_that_lose_kafka_fire_the_lag_and_relay_alerts_which_resolve_after(
     # The first burst may have put the group behind its target for a while: start quiet.
     eventually(lambda: not _alert_states(busy), timeout=120, interval=1,
                what="no alert before the outage")
+    # The operator's expected relays and the relays' own targets join on the labels the
+    # scrapes really give: every expected relay is up, none missing.
+    eventually(lambda: _relays_missing(busy) == 0, timeout=30, interval=1,
+               what="the expected relays all up, joined on the scrape labels")
     try:
         for n in netns:
             _cut_kafka(n, busy.bootstrap)
-        # Events keep being written while Kafka is away.
+        # Events keep being written while Kafka is away; dated back as if the outage had
+        # lasted 310 s (over the alert's 300 s), while the relays' rounds wait for Kafka.
         _write_event(busy, busy.names.output_topic)
+        assert _date_back_pending(busy, 310) >= 1
         _firing(busy, "KcgTimeLagAboveTarget", "KcgLagWithoutMembers", "KcgOutboxRelayDown",
-                timeout=120)
+                "KcgOutboxEventsDelayed", timeout=120)
         desired = _series(busy.prom, f'kcg_desired_replicas{{namespace="{busy.ns}"}}')
         assert desired == MAX_REPLICAS
     finally:
         for n in netns:
             _heal(n)
     _resolved(busy, "KcgTimeLagAboveTarget", "KcgLagWithoutMembers", "KcgOutboxRelayDown",
-              timeout=180)
+              "KcgOutboxEventsDelayed", timeout=180)
 
 
 def test_events_waiting_for_a_missing_topic_fire_the_outbox_age_alert_until_it_exists(
