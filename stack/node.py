@@ -502,3 +502,14 @@ def pod_processes(pod_uid: str, command_word: str = "") -> list[int]:
         if not command_word or command_word.encode() in argv:
             found.append(int(proc.name))
     return found
+
+
+def pod_net_run(pod_uid: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (e.g. `ip link set eth0 down`) in the network namespace of one pod of this
+    machine's node, entered through the namespace of any of its processes (the sandbox's
+    pause process shares it): for fault tests that cut a pod off the network."""
+    pids = pod_processes(pod_uid)
+    if not pids:
+        raise NodeError(f"no process of pod {pod_uid} on this node")
+    return subprocess.run(["nsenter", f"--net=/proc/{pids[0]}/ns/net", *cmd],
+                          capture_output=True, text=True, timeout=30)

@@ -22,6 +22,7 @@ handlers know of the objects it reads from the registry, never writes.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import threading
@@ -373,7 +374,13 @@ class Controller:
             )
             decision, state.policy = decide(obs, kcg.spec.scaling, state.policy)
             if not self.leading():
-                return  # a standby keeps its policy state warm and writes nothing
+                # A standby keeps its policy state warm and writes nothing. The replicas the
+                # leader set count as a recommendation of its window: its own may be lower
+                # (it saw less), and after a takeover its first decision must not scale
+                # below them before a whole stabilization window.
+                state.policy = dataclasses.replace(state.policy, recommendations=(
+                    *state.policy.recommendations, (snap.time_s, current)))
+                return
             if decision.should_patch and decision.desired != current:
                 self._scale(key, obj, state, current, decision, lagmath.max_seconds(lags))
                 current = decision.desired
