@@ -59,8 +59,10 @@ kind-e2e: $(VENV)/.installed
 bench-scaling: $(VENV)/.installed
 	$(PYTHON) -m kcg_operator.scaling.bench --plot-dir benchmarks/out/scaling
 
+# OBJECTS=10000 for the large run; the one-client-per-object baseline stays at 1 000.
+OBJECTS ?= 1000
 bench-sweep: setup
-	$(PYTHON) benchmarks/bench_sweep.py
+	$(PYTHON) benchmarks/bench_sweep.py --objects $(OBJECTS)
 
 bench-outbox: setup
 	$(PYTHON) benchmarks/bench_outbox.py

@@ -287,6 +287,8 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--baseline-objects", type=int, default=1000,
+                        help="objects for the one-client-per-object baseline (at most --objects)")
     parser.add_argument("--steady-seconds", type=int, default=60)
     parser.add_argument("--keda-baseline", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,9 +316,10 @@ def main() -> int:
         requests = [GroupRequest(g, (topics[i % TOPICS],)) for i, g in enumerate(groups)]
         shared_s, shared_conns = time_shared_sweep(bootstrap, requests)
         print(f"shared sweep {shared_s:.3f}s; per-object sweep ...", file=sys.stderr)
-        baseline = time_per_object_sweep(bootstrap, requests)
+        baseline_objects = min(args.baseline_objects, len(requests))
+        baseline = time_per_object_sweep(bootstrap, requests[:baseline_objects])
         base_s, base_conns = baseline["seconds"], baseline["connections"]
-        print("starting the operator on 1 000 objects ...", file=sys.stderr)
+        print(f"starting the operator on {args.objects} objects ...", file=sys.stderr)
         log = Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "operator.log"
         op = run_operator(api, state, bootstrap, ns, topics, groups, args.steady_seconds, log)
     finally:
@@ -342,6 +345,7 @@ def main() -> int:
           "partitions, one broker (Kafka 4.1.1), kube-apiserver v1.34.4, 2 cores\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'':<{width}}  {'kcg (shared client)':>20}  {'one client per object':>22}")
+    print(f"{'objects':<{width}}  {args.objects:>20}  {baseline_objects:>22}")
     for name, ours, theirs in rows:
         print(f"{name:<{width}}  {ours:>20}  {theirs:>22}")
     print(json.dumps({
@@ -354,6 +358,7 @@ def main() -> int:
         "apiserver_mutations_per_min_all_clients": op["apiserver_mutations_per_min_all_clients"],
         "all_ready_seconds": op["all_ready_seconds"],
         "operator_mean_sweep_seconds": op["operator_mean_sweep_seconds"],
+        "baseline_objects": baseline_objects,
         "baseline_sweep_seconds": round(base_s, 3),
         "baseline_broker_connections": base_conns,
         "baseline_rss_mb": baseline["rss_mb"],

@@ -170,6 +170,12 @@ class Controller:
         for key in self.registry.objects():
             self.registry.mark_dirty(key)
 
+    def demoted(self) -> None:
+        """This replica no longer leads: its group metrics would go stale beside the new
+        leader's, so they go (a standby exports none)."""
+        for state in list(self.states.values()):
+            self._forget(state)
+
     def pass_once(self) -> None:
         self.last_pass = time.monotonic()
         objects = self.registry.objects()

@@ -71,10 +71,11 @@ class Registry:
 
     def seen(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None) -> None:
         """A watch event: the object's latest body, keeping what was reconciled."""
+        body = _kept(body)
         with self._lock:
             old = self._objects.get(key)
-            self._objects[key] = (GroupObject(dict(body), kcg) if old is None
-                                  else replace(old, body=dict(body), kcg=kcg))
+            self._objects[key] = (GroupObject(body, kcg) if old is None
+                                  else replace(old, body=body, kcg=kcg))
             changed = old is None or _generation(old.body) != _generation(body)
             if changed:
                 self._dirty.add(key)
@@ -86,10 +87,11 @@ class Registry:
                    auth: Mapping[str, str] | None = None,
                    starts_from_earliest: bool | None = None) -> None:
         """The reconciler's outcome; the controller looks at the object at once."""
+        body = _kept(body)
         with self._lock:
             old = self._objects.get(key) or GroupObject(body, kcg)
             self._objects[key] = replace(
-                old, body=dict(body), kcg=kcg, reconciled=outcome,
+                old, body=body, kcg=kcg, reconciled=outcome,
                 cluster=cluster if cluster is not None else old.cluster,
                 auth=auth if cluster is not None else old.auth,
                 starts_from_earliest=(old.starts_from_earliest if starts_from_earliest is None
@@ -166,6 +168,16 @@ class Registry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as kept for every object: without metadata.managedFields, which nothing
+    here reads and which can be most of an object's size (memory at 10 000 objects)."""
+    kept = dict(body)
+    meta = kept.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return kept
 
 
 def _generation(body: Mapping[str, Any]) -> Any:

@@ -114,7 +114,7 @@ def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         election = ours.election
         ours.elector = LeaderElector(
             kube.api, election.namespace, election.name, election.identity,
-            on_started_leading=controller.promoted)
+            on_started_leading=controller.promoted, on_stopped_leading=controller.demoted)
         kube.may_write = ours.elector.leading
         ours.election_thread = threading.Thread(target=ours.elector.run, args=(ours.stop,),
                                                 name="kcg-leader-election", daemon=True)

@@ -482,3 +482,17 @@ def test_refused_credentials_are_named_in_ready() -> None:
                                       []))["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "KafkaAuthenticationFailed")
     assert "spec.kafka.secretRef" in ready["message"] and "invalid credentials" in ready["message"]
+
+
+def test_a_replica_that_stops_leading_drops_its_group_metrics() -> None:
+    from prometheus_client import REGISTRY
+
+    kube = _FakeKube()
+    ctl = _controller(kube, replicas=(1, 1))
+    kube.pods = [_running_pod()]
+    ctl.evaluate(("shop", "orders"), _ready_object(), _snap())
+    labels = {"namespace": "shop", "name": "orders", "group": "orders"}
+    assert REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) == 0
+    kube.leader = False
+    ctl.demoted()
+    assert REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) is None
