@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 SWEEP_WORKERS = 16
 #: Workloads read and applied at once (Secret reads, server-side applies).
 RECONCILE_WORKERS = 4
+#: Groups evaluated at once after a sweep (scale, pod LIST, status write: API round trips).
+EVALUATE_WORKERS = 8
+#: Workloads reconciled per pass at most.
+RECONCILE_BATCH = 200
 
 Stamps = Mapping[tuple[PartitionKey, int], float]
 
@@ -143,6 +147,8 @@ class Controller:
                                         thread_name_prefix="kcg-sweep")
         self._reconcilers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS,
                                                thread_name_prefix="kcg-reconcile")
+        self._evaluators = ThreadPoolExecutor(max_workers=EVALUATE_WORKERS,
+                                              thread_name_prefix="kcg-evaluate")
         # The sweep in flight per cluster, and the groups it holds (only its thread touches
         # their state until it is done).
         self._inflight: dict[ClusterKey, tuple[Future[None], frozenset[Key]]] = {}
@@ -192,8 +198,12 @@ class Controller:
                if key not in busy and (self._workload_due(key, obj)
                                        or self._secret_rotated(key, obj, secrets))]
         if due:
+            # A bounded batch per pass: with thousands due at start-up, sweeps and status
+            # of the groups already reconciled go on between batches.
             list(self._reconcilers.map(lambda item: self._safe(self.reconcile_workload, *item),
-                                       due))
+                                       due[:RECONCILE_BATCH]))
+            if len(due) > RECONCILE_BATCH:
+                self.registry.wake.set()
             objects = self.registry.objects()
         metrics.groups_watched.set(len(objects))
         dirty = self.registry.take_dirty() | self._deferred
@@ -273,11 +283,16 @@ class Controller:
         for key, obj in groups:
             assert obj.kcg is not None
             sharing[obj.kcg.group_id].append(key)
-        for key, obj, snap in mine:
+        def evaluate(item: tuple[Key, GroupObject, GroupSnapshot]) -> None:
+            key, obj, snap = item
             assert obj.kcg is not None
             others = tuple(f"{ns}/{name}" for ns, name in sharing[obj.kcg.group_id]
                            if (ns, name) != key)
             self._safe(self.evaluate, key, obj, snap, stamps, others)
+
+        # Groups are independent once swept: their decisions, scales and status writes go
+        # out in parallel (one API round trip each; thousands of groups on one cluster).
+        list(self._evaluators.map(evaluate, mine))
 
     def _safe(self, fn: Any, key: Key, *args: Any) -> None:
         try:
