@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -216,7 +217,7 @@ def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
     name = f"kr-{t[2:]}"
     bootstrap = cluster["KAFKA_BOOTSTRAP_SERVERS"]
     _stepping_group(kubectl, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
-    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=30,
+    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=60,
                what="the Deployment at 1")
     producer = _load(bootstrap, t, [0, 1, 2])
     eventually(lambda: _spec_replicas(kube_api, ns, name) == 3, timeout=40,
@@ -258,7 +259,8 @@ def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
         seen = replicas.values()
         reasons = _changes(seen_reasons.values())
         transitions = _scaled(kube_api, ns, name)
-        print(f"fault-matrix kafka-restart: replicas seen {_changes(seen)}, "
+        print(f"fault-matrix kafka-restart: replicas seen {_changes(seen)} "
+              f"({len(seen)} samples), "
               f"conditions (Ready, Scaling) seen {reasons}, scale decisions {transitions}; "
               f"unreachable reported after {unreachable_after:.1f}s, broker back after "
               f"{back:.1f}s, cleared after {cleared:.1f}s; "
@@ -551,7 +553,7 @@ def test_leader_sigkill_mid_scale_loses_no_decision_and_makes_none_twice(
     name = f"lk-{t[2:]}"
     bootstrap = cluster["KAFKA_BOOTSTRAP_SERVERS"]
     _stepping_group(kubectl, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
-    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=30,
+    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=60,
                what="the Deployment at 1")
     try:
         with sampling(lambda: _spec_replicas(kube_api, ns, name)) as replicas:
@@ -631,6 +633,20 @@ class OutboxWriter:
         self.per_key = n + 1
 
 
+def _relay_sessions(dsn: str, pod_ip: str) -> str:
+    """What the database and the host's TCP stack say of the relays' sessions: why a
+    takeover waits (a session the server still holds, its socket's retransmissions)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            b"SELECT client_addr::text, state, wait_event, backend_start::text "
+            b"FROM pg_stat_activity WHERE application_name LIKE 'kcg-relay%'").fetchall()
+    sockets = subprocess.run(["ss", "-tnio", "dst", pod_ip], capture_output=True,
+                             text=True).stdout
+    return f"relay sessions {rows}; host sockets to {pod_ip}: {sockets!r}"
+
+
 def _routes(uid: str) -> set[str]:
     out = node.pod_net_run(uid, "ip", "-4", "route", "show")
     assert out.returncode == 0, out.stderr
@@ -678,8 +694,12 @@ def test_relay_pod_cut_off_the_network_hands_its_shards_over_and_loses_nothing(
         down = node.pod_net_run(uid, "ip", "link", "set", "eth0", "down")
         assert down.returncode == 0, down.stderr
         t0 = time.monotonic()
-        eventually(lambda: shards(survivor_name) == SHARDS, timeout=RELAY_TAKEOVER_SECONDS + 30,
-                   interval=0.5, what="the other relay to take every shard")
+        try:
+            eventually(lambda: shards(survivor_name) == SHARDS,
+                       timeout=RELAY_TAKEOVER_SECONDS + 30, interval=0.5,
+                       what="the other relay to take every shard")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {_relay_sessions(dsn, cut.status.pod_ip)}") from None
         takeover = time.monotonic() - t0
         # Everything written so far, the cut-off relay's keys included, is published by the
         # survivor alone.

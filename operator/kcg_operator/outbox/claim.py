@@ -42,6 +42,9 @@ SESSION_SETTINGS: Final = (
     "SET tcp_keepalives_idle = 10",
     "SET tcp_keepalives_interval = 5",
     "SET tcp_keepalives_count = 3",
+    # Keepalives only probe an idle connection: a reply lost with the relay's network (a
+    # pod cut off) is retransmitted for ~15 minutes instead, the shards held meanwhile.
+    "SET tcp_user_timeout = 25000",
 )
 
 
@@ -131,6 +134,7 @@ class OutboxStore:
             keepalives_idle=10,
             keepalives_interval=5,
             keepalives_count=3,
+            tcp_user_timeout=25000,
         )
         try:
             for statement in SESSION_SETTINGS:
