@@ -59,6 +59,8 @@ SWEEP_WORKERS = 16
 RECONCILE_WORKERS = 4
 #: Groups evaluated at once after a sweep (scale, pod LIST, status write: API round trips).
 EVALUATE_WORKERS = 8
+#: How long a patched replica count stands in for a Deployment watch that has not shown it.
+STALE_WATCH_SECONDS = 60.0
 #: Workloads reconciled per pass at most.
 RECONCILE_BATCH = 200
 
@@ -81,6 +83,7 @@ class GroupState:
     # Replicas this controller set, until the Deployment's watch has caught up with them.
     scaled_to: int | None = None
     scaled_at: float = 0.0
+    scaled_from_generation: int | None = None  # the Deployment's generation before the patch
     # The workload: the generation last prepared, whether this replica applied it, and
     # when a refused reconcile that may heal is tried again (0: not waiting).
     workload_generation: Any = None
@@ -440,8 +443,17 @@ class Controller:
         seen = self.registry.deployment(key)
         if seen is None:
             return None
-        if state.scaled_to is not None and seen.seen_at < state.scaled_at:
-            return state.scaled_to, seen.ready
+        if state.scaled_to is not None:
+            if seen.generation is not None and state.scaled_from_generation is not None:
+                # A watch event can arrive after the patch yet predate it: only a newer
+                # generation shows the patch (or a later change by someone else). A watch
+                # that never shows it is given up after a while, not waited for forever.
+                stale = (seen.generation <= state.scaled_from_generation
+                         and time.monotonic() - state.scaled_at < STALE_WATCH_SECONDS)
+            else:
+                stale = seen.seen_at < state.scaled_at
+            if stale:
+                return state.scaled_to, seen.ready
         state.scaled_to = None
         return seen.wanted, seen.ready
 
@@ -474,9 +486,11 @@ class Controller:
                decision: Decision, seconds_behind: float | None = None) -> None:
         kcg = obj.kcg
         assert kcg is not None
+        before = self.registry.deployment(key)
         with self.registry.workload_lock(key):
             self.kube.scale_deployment(key[0], deployment_name(kcg), decision.desired)
         state.scaled_to, state.scaled_at = decision.desired, time.monotonic()
+        state.scaled_from_generation = before.generation if before is not None else None
         state.last_scale_time = now_rfc3339()
         direction = "up" if decision.desired > current else "down"
         metrics.scale_events.labels(

@@ -156,5 +156,6 @@ def apply(kube: Kube, registry: Registry, key: Key, body: Mapping[str, Any],
     registry.deployment_seen(
         key, (int(applied["spec"].get("replicas") or 0),
               int((applied.get("status") or {}).get("readyReplicas") or 0)),
-        (applied["metadata"].get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION))
+        (applied["metadata"].get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION),
+        applied["metadata"].get("generation"))
     return _outcome(body, prepared, replicas)

@@ -55,6 +55,7 @@ class DeploymentReplicas:
     ready: int
     seen_at: float  # time.monotonic() when the watch delivered it
     workload_hash: str | None = None  # what the operator last applied to it
+    generation: int | None = None  # metadata.generation: orders events around a patch
 
 
 class Registry:
@@ -106,7 +107,8 @@ class Registry:
             self._missing.discard(key)
 
     def deployment_seen(self, key: Key, replicas: tuple[int, int] | None,
-                        workload_hash: str | None = None) -> None:
+                        workload_hash: str | None = None,
+                        generation: int | None = None) -> None:
         """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted,
         and the workload digest it carries."""
         with self._lock:
@@ -115,7 +117,7 @@ class Registry:
                 self._missing.add(key)
             else:
                 self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic(),
-                                                            workload_hash)
+                                                            workload_hash, generation)
         if replicas is None:
             self.wake.set()
 

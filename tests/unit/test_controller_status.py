@@ -496,3 +496,28 @@ def test_a_replica_that_stops_leading_drops_its_group_metrics() -> None:
     kube.leader = False
     ctl.demoted()
     assert REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) is None
+
+
+def test_a_watch_event_older_than_the_patch_does_not_make_the_decision_twice() -> None:
+    body = _body(scaling={"minReplicas": 1, "maxReplicas": 4, "lagPerReplica": 5})
+    obj = GroupObject(body, parse_kafka_consumer_group(body),
+                      reconciled=_ready_object().reconciled)
+    kube = _FakeKube()
+    ctl = _controller(kube)
+    key = ("shop", "orders")
+    ctl.registry.deployment_seen(key, (1, 1), generation=4)
+
+    def lagging(t: float) -> GroupSnapshot:
+        n = int(t)
+        return _snap(time_s=t, offsets={("orders", 0): (n + 100, n), ("orders", 1): (n + 100, n)})
+
+    ctl.evaluate(key, obj, lagging(100.0))
+    assert kube.scaled == [2]
+    # Delivered after the patch, sent before it: generation 4, replicas 1.
+    ctl.registry.deployment_seen(key, (1, 1), generation=4)
+    ctl.evaluate(key, obj, lagging(115.0))
+    assert kube.scaled == [2]  # not "Scaled 1→2" again
+    ctl.registry.deployment_seen(key, (2, 1), generation=5)  # the patch itself
+    ctl.registry.deployment_seen(key, (1, 1), generation=6)  # then someone scales it back
+    ctl.evaluate(key, obj, lagging(130.0))
+    assert kube.scaled == [2, 2]

@@ -55,7 +55,9 @@ def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | Non
     replicas = None if event["type"] == "DELETED" else (
         int(body.spec.get("replicas") or 0), int(body.status.get("readyReplicas") or 0))
     applied = (body.metadata.get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION)
-    runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas, applied)
+    generation = body.metadata.get("generation")
+    runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas, applied,
+                                              int(generation) if generation else None)
 
 
 @kopf.on.event("", "v1", "configmaps", labels={GROUP_LABEL: kopf.PRESENT})
