@@ -40,6 +40,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,13 +287,20 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+#: The parent-death signal follows the *thread* that forked the child, not the process: a
+#: server restarted from a test's short-lived thread would be killed when that thread ends.
+#: Servers are therefore forked from one thread that lives as long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kcg-stack-spawner")
+
+
 def _start(name: str, cmd: Sequence[str], owned: bool, procs: list[Proc],
            as_user: pwd.struct_passwd | None = None, cwd: Path | None = None) -> None:
     log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, preexec_fn=_preexec(owned, as_user), cwd=cwd,
-    )
+    proc = _SPAWNER.submit(
+        subprocess.Popen, list(cmd), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_preexec(owned, as_user), cwd=cwd,
+    ).result()
     log.close()
     procs.append(Proc(name, proc.pid))
     _save_pids(procs)
