@@ -877,10 +877,11 @@ def restart(name: str, sig: int | None = None, pause: float = 0.0,
             time.sleep(0.05)
         time.sleep(pause)
         log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        new = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_preexec(owned, as_user), cwd=cwd,
-        )
+        new = _SPAWNER.submit(  # not from this thread: see _SPAWNER
+            subprocess.Popen, cmd, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_preexec(owned, as_user), cwd=cwd,
+        ).result()
         log.close()
         procs[index] = Proc(name, new.pid)
         _save_pids(procs)
