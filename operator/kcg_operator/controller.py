@@ -43,6 +43,7 @@ from kcg_operator.kube import Kube
 from kcg_operator.registry import GroupObject, Key, Reconciled, Registry
 from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
+from kcg_operator.scaling.contained import ContainedLagCollector
 from kcg_operator.scaling.health import CommitWindow
 from kcg_operator.scaling.lag import PartitionKey
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
@@ -144,7 +145,8 @@ class Controller:
         self.relay_image = relay_image
         self.check_interval_s = check_interval_s
         self.pod_ready_grace_s = pod_ready_grace_s
-        self.collector = collector or LagCollector()
+        # librdkafka's admin client can hang or abort the process: it runs in a child.
+        self.collector = collector or ContainedLagCollector()
         self.states: dict[Key, GroupState] = {}
         self._pool = ThreadPoolExecutor(max_workers=SWEEP_WORKERS,
                                         thread_name_prefix="kcg-sweep")

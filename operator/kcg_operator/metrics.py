@@ -38,6 +38,10 @@ sweep_duration = Histogram(
     ("cluster",), buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 kafka_request_errors = Counter(
     "kcg_kafka_request_errors_total", "Kafka admin requests that failed.", ("cluster",))
+kafka_client_restarts = Counter(
+    "kcg_kafka_client_restarts_total",
+    "Kafka admin client processes replaced because they aborted, hung or stopped answering.",
+    ("cluster",))
 groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
 partition_status = Gauge(
     "kcg_consumergroup_partition_status",

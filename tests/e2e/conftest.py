@@ -224,6 +224,24 @@ class OperatorPod(RunningOperator):
         return str(client.CoreV1Api(self.api).read_namespaced_pod_log(
             self.pod().metadata.name, self.namespace, container="operator"))
 
+    def diagnosis(self, lines: int = 60) -> str:
+        """Each replica's restarts and the end of its log (and of the previous container's,
+        after a restart): what a failed test prints to say what the operator was doing."""
+        core = client.CoreV1Api(self.api)
+        out = [f"lease holder: {self.leader_name()}"]
+        for pod in self.pods():
+            name = pod.metadata.name
+            restarts = sum(c.restart_count for c in pod.status.container_statuses or [])
+            out.append(f"--- {name}: restarts {restarts}")
+            for previous in ([True] if restarts else []) + [False]:
+                try:
+                    text = core.read_namespaced_pod_log(name, self.namespace, container="operator",
+                                                        previous=previous, tail_lines=lines)
+                except ApiException as exc:
+                    text = f"(log unreadable: {exc.status} {exc.reason})"
+                out.append(f"{'previous' if previous else 'current'} container:\n{text}")
+        return "\n".join(out)
+
     def wait_ready(self, timeout: float = 120) -> client.V1Pod:
         """Every replica Ready and one of them leading; returns the leader."""
         wanted = client.AppsV1Api(self.api).read_namespaced_deployment(
@@ -349,3 +367,28 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "con
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran against the chart's pods shows what they were doing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    operator = getattr(item, "funcargs", {}).get("chart_operator") or \
+        getattr(item, "funcargs", {}).get("operator")
+    if report.when != "call" or not report.failed:
+        return
+    namespace, api = item.funcargs.get("ns"), item.funcargs.get("kube_api")
+    if isinstance(namespace, str) and isinstance(api, client.ApiClient):
+        try:
+            groups = client.CustomObjectsApi(api).list_namespaced_custom_object(
+                "kcg.dev", "v1alpha1", namespace, "kafkaconsumergroups")["items"]
+            report.sections.append(("statuses of the test's groups", yaml.safe_dump(
+                {g["metadata"]["name"]: g.get("status") for g in groups})))
+        except Exception as exc:
+            report.sections.append(("statuses of the test's groups", f"(unreadable: {exc!r})"))
+    if isinstance(operator, OperatorPod):
+        try:
+            report.sections.append(("operator pods", operator.diagnosis()))
+        except Exception as exc:
+            report.sections.append(("operator pods", f"(no diagnosis: {exc!r})"))

@@ -210,11 +210,6 @@ def _changes(values: list[Any]) -> list[Any]:
 # ----------------------------------------------------------------------- 1. Kafka restart
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: in 2 of its last 3 runs on the shared, loaded stack the scale-up had not resumed "
-    "60 s after the broker came back; suspected: the librdkafka admin abort on a dropped "
-    "coordinator connection (librdkafka#4605) restarting the operator pods, not yet shown. "
-    "It runs in every suite and reports XPASS when it holds."))
 def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
     chart_operator: OperatorPod, kubectl: Callable[..., Any], kube_api: client.ApiClient,
     cluster: dict[str, str], examples_image: str, ns: str, topic: Callable[..., str],
@@ -266,7 +261,10 @@ def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
         seen = replicas.values()
         reasons = _changes(seen_reasons.values())
         transitions = _scaled(kube_api, ns, name)
-        print(f"fault-matrix kafka-restart: replicas seen {_changes(seen)} "
+        replaced = [line for line in chart_operator.metrics().splitlines()
+                    if line.startswith("kcg_kafka_client_restarts_total{")]
+        print(f"fault-matrix kafka-restart: Kafka client processes replaced {replaced}; "
+              f"replicas seen {_changes(seen)} "
               f"({len(seen)} samples), "
               f"conditions (Ready, Scaling) seen {reasons}, scale decisions {transitions}; "
               f"unreachable reported after {unreachable_after:.1f}s, broker back after "

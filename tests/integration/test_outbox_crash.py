@@ -3,7 +3,6 @@ arrives, and the only duplicates are rows of the round that was in flight."""
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +52,15 @@ def _sessions(dsn: str, relay_id: str) -> int:
         return int(row[0])
 
 
+def _waiting_on_lock(dsn: str, relay_id: str) -> bool:
+    """Whether relay `relay_id` has a statement waiting for a lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                           "AND wait_event_type = 'Lock'", (f"kcg-relay {relay_id}",)).fetchone()
+        assert row is not None
+        return int(row[0]) > 0
+
+
 def _pending_ids(dsn: str, table: str) -> list[str]:
     """Event ids of the pending rows, lowest seq first."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -67,8 +75,6 @@ def test_sigkill_mid_batch_then_restart(
     dsn, bootstrap = str(stack["OUTBOX_DSN"]), str(stack["KAFKA_BOOTSTRAP_SERVERS"])
     total = KEYS * PER_KEY
     copy_events(dsn, table, keyed_events(topic, KEYS, PER_KEY))
-    # Small slices keep the round long enough to be caught between Kafka's acks and the
-    # DELETE that marks its rows done.
     env = {"OUTBOX_BATCH_SIZE": str(BATCH), "OUTBOX_FETCH_SIZE": "250"}
     offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": f"offsets-{topic}"})
 
@@ -76,40 +82,37 @@ def test_sigkill_mid_batch_then_restart(
         in_kafka = _published_in_kafka(offsets, topic)  # first: it only grows
         return in_kafka - (total - pending(dsn, table))
 
-    # Per kill: the rows the killed relay could still have had in flight, i.e. the lowest
-    # BATCH pending rows once its session is gone (a round fetches the lowest pending rows),
-    # and how many of them Kafka had acknowledged by then (a lower bound: the broker may
-    # still append what was on the wire).
-    in_flight_ids: set[str] = set()
-    acked_at_kill = 0
     try:
-        for attempt in range(5):
-            name = f"killed-{attempt}"
-            relay = start_relay(stack, table, tmp_path, name, **env)
-            try:
-                goal = total - (attempt + 1) * 5000
-                wait_until(lambda g=goal: pending(dsn, table) < g, 60,  # type: ignore[misc]
-                           "some rounds to be published")
-                # Mid-batch: Kafka acknowledged rows the relay has not marked done yet. Kill
-                # when that is seen, or after a while anyway: whether the kill did land
-                # mid-batch is decided below, once the relay's session is gone.
-                with contextlib.suppress(AssertionError):
-                    wait_until(lambda: acked_not_done() > 0, 5, "a batch in flight", step=0.005)
+        relay = start_relay(stack, table, tmp_path, "killed", **env)
+        try:
+            wait_until(lambda: pending(dsn, table) < total - 5000, 60,
+                       "some rounds to be published")
+            # Mid-batch, made certain: a SHARE lock on the table lets the relay read and
+            # publish but holds its DELETE, so the round stops between Kafka's acks and the
+            # marking of its rows done. The kill lands there once both are observed.
+            with psycopg.connect(dsn) as blocker:
+                blocker.execute(f"LOCK TABLE {table} IN SHARE MODE".encode())
+                wait_until(lambda: _waiting_on_lock(dsn, "killed"), 60,
+                           "the relay's DELETE to wait on the lock")
+                wait_until(lambda: acked_not_done() > 0, 30, "Kafka to acknowledge the round")
                 relay.kill()  # SIGKILL: no chance to finish the round
-            finally:
-                if relay.proc.poll() is None:
-                    relay.kill()
-            # Its session ends when PostgreSQL notices the closed socket; after that no
-            # DELETE of the killed relay can still commit, so the pending rows are final.
-            wait_until(lambda n=name: _sessions(dsn, n) == 0, 30,  # type: ignore[misc]
-                       "the killed relay's session to end")
-            acked = acked_not_done()
-            assert 0 <= acked <= BATCH, acked
-            acked_at_kill += acked
-            in_flight_ids.update(_pending_ids(dsn, table)[:BATCH])
-            if acked > 0:
-                break  # caught mid-batch (else the round committed just before the kill)
-        assert acked_at_kill > 0, "never caught the relay in the middle of a batch"
+                # Its backend, waiting on the lock, cannot see the closed socket; the
+                # relay's statement_timeout (30 s) would cancel the DELETE and end it. End it
+                # now instead: after that no DELETE of the killed relay can commit, so the
+                # pending rows are final.
+                blocker.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = 'kcg-relay killed'")
+                wait_until(lambda: _sessions(dsn, "killed") == 0, 30,
+                           "the killed relay's session to end")
+                blocker.rollback()
+        finally:
+            if relay.proc.poll() is None:
+                relay.kill()
+        # The rows the killed relay had in flight are the lowest BATCH pending rows (a round
+        # fetches the lowest pending rows), and Kafka acknowledged `acked_at_kill` of them.
+        acked_at_kill = acked_not_done()
+        assert 0 < acked_at_kill <= BATCH, acked_at_kill
+        in_flight_ids = set(_pending_ids(dsn, table)[:BATCH])
         left_at_kill = pending(dsn, table)
         assert 0 < left_at_kill < total
 

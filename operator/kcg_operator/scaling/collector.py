@@ -15,6 +15,7 @@ functions elsewhere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import threading
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -43,6 +44,11 @@ NO_OFFSET = -1001
 MAX_TIMESTAMP_READS = 500
 #: Cached message timestamps per cluster before the cache starts over.
 TIMESTAMP_CACHE_SIZE = 100_000
+#: How long past its request timeout a request may stay unanswered before its client is
+#: taken for stuck (librdkafka fails a request itself at the timeout).
+WEDGE_GRACE_S = 5.0
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,9 @@ class LagCollector:
         # The last authentication error librdkafka reported per cluster: a failed request
         # only says "transport failure", the error callback says why.
         self._auth_errors: dict[ClusterKey, str] = {}
+        # Clusters whose client left a request unanswered past its own timeout: it will
+        # not answer again (see _outcomes); whoever owns the process replaces it.
+        self.wedged: set[ClusterKey] = set()
 
     def client(self, key: ClusterKey, auth: Mapping[str, str] | None = None) -> AdminClient:
         with self._lock:
@@ -236,12 +245,12 @@ class LagCollector:
         # whole process dies (confluent-kafka-python#1982, confluent-kafka-javascript#374).
         described: dict[str, Any] = {}
         failures: dict[str, str] = {}
-        for g in requests:
-            try:
-                described[g.group_id] = describe_f[g.group_id].result(self._timeout)
-            except (KafkaException, TimeoutError) as exc:
+        for group_id, outcome in self._outcomes(key, describe_f).items():
+            if isinstance(outcome, Exception):
                 self.requests_failed += 1
-                failures[g.group_id] = str(exc) or f"no answer within {self._timeout:.0f}s"
+                failures[group_id] = str(outcome)
+            else:
+                described[group_id] = outcome
         committed_f: dict[str, Future[Any]] = {}
         for g in requests:
             mine = [tp for tp in tps if tp.topic in g.topics]
@@ -250,18 +259,18 @@ class LagCollector:
                     [ConsumerGroupTopicPartitions(g.group_id, mine)],
                     request_timeout=self._timeout,
                 )[g.group_id]
+        committed = self._outcomes(key, committed_f)
 
         # One partition that cannot answer (an offline leader, a topic deleted meanwhile)
         # only affects the groups that read it.
         ends: dict[tuple[str, int], int] = {}
         failed_topics: dict[str, str] = {}
-        for tp, fut in ends_f.items():
-            try:
-                ends[(tp.topic, tp.partition)] = fut.result(self._timeout).offset
-            except (KafkaException, TimeoutError) as exc:
+        for tp, outcome in self._outcomes(key, ends_f).items():
+            if isinstance(outcome, Exception):
                 self.requests_failed += 1
-                failed_topics.setdefault(tp.topic, f"{tp.topic}[{tp.partition}]: "
-                                                   f"{exc or 'timed out'}")
+                failed_topics.setdefault(tp.topic, f"{tp.topic}[{tp.partition}]: {outcome}")
+            else:
+                ends[(tp.topic, tp.partition)] = outcome.offset
 
         out: dict[str, GroupSnapshot] = {}
         for g in requests:
@@ -275,12 +284,42 @@ class LagCollector:
                                                 f"list offsets: {'; '.join(broken)}")
                 continue
             out[g.group_id] = self._group_snapshot(
-                g, now, counts, ends, committed_f.get(g.group_id), described[g.group_id]
+                g, now, counts, ends, committed.get(g.group_id), described[g.group_id]
             )
-        self._add_log_starts(admin, out.values())
+        self._add_log_starts(key, admin, out.values())
         return out
 
-    def _add_log_starts(self, admin: AdminClient, snaps: Iterable[GroupSnapshot]) -> None:
+    def _outcomes(self, key: ClusterKey, futures: Mapping[K, Future[Any]]) -> dict[K, Any]:
+        """Each future's result, or the exception that says why there is none.
+
+        One deadline for all of them (they are in flight together), so a client that has
+        stopped answering costs one timeout per sweep, not one per group.
+
+        A request that timed out although the broker answered this sweep's metadata marks
+        the cluster wedged: after a broker restart, librdkafka 2.16's admin client times
+        out every coordinator request (DescribeGroups, OffsetFetch) from then on, or leaves
+        its futures open, while a new client is answered at once."""
+        if not futures:
+            return {}
+        _, pending = concurrent.futures.wait(
+            futures.values(), timeout=self._timeout + WEDGE_GRACE_S)
+        out: dict[K, Any] = {}
+        for item, fut in futures.items():
+            if fut in pending:
+                out[item] = TimeoutError(f"no answer within {self._timeout:.0f}s")
+                self.wedged.add(key)
+                continue
+            try:
+                out[item] = fut.result(0)
+            except KafkaException as exc:
+                out[item] = exc
+                if exc.args and getattr(exc.args[0], "code", lambda: None)() == \
+                        KafkaError._TIMED_OUT:
+                    self.wedged.add(key)
+        return out
+
+    def _add_log_starts(self, key: ClusterKey, admin: AdminClient,
+                        snaps: Iterable[GroupSnapshot]) -> None:
         """Log start offsets of never-committed partitions, one batched request: a group
         that starts from earliest has the whole retained log (not offset 0) ahead of it."""
         wanted = {tp for s in snaps if s.broker_ok
@@ -290,12 +329,12 @@ class LagCollector:
         futures = admin.list_offsets({TopicPartition(t, p): EARLIEST for t, p in wanted},
                                      request_timeout=self._timeout)
         starts: dict[tuple[str, int], int] = {}
-        for tp, fut in futures.items():
-            try:
-                starts[(tp.topic, tp.partition)] = fut.result(self._timeout).offset
-            except (KafkaException, TimeoutError):
+        for tp, outcome in self._outcomes(key, futures).items():
+            if isinstance(outcome, Exception):
                 # Unknown: the position falls back to offset 0, an upper bound of the lag.
                 self.requests_failed += 1
+            else:
+                starts[(tp.topic, tp.partition)] = outcome.offset
         for s in snaps:
             s.log_starts.update({tp: starts[tp] for tp, (_, c) in s.offsets.items()
                                  if c is None and tp in starts})
@@ -376,25 +415,22 @@ class LagCollector:
 
     def _group_snapshot(
         self, g: GroupRequest, now: float, counts: Mapping[str, int],
-        ends: Mapping[tuple[str, int], int], committed: Future[Any] | None, desc: Any,
+        ends: Mapping[tuple[str, int], int], committed: Any, desc: Any,
     ) -> GroupSnapshot:
         snap = GroupSnapshot(
             g.group_id, now, True,
             partition_counts={t: counts[t] for t in g.topics if t in counts},
             missing_topics=tuple(t for t in g.topics if t not in counts),
         )
-        try:
-            if committed is not None:
-                result = committed.result(self._timeout)
-                for tp in result.topic_partitions:
-                    offset = tp.offset if tp.offset >= 0 else None
-                    snap.offsets[(tp.topic, tp.partition)] = (ends[(tp.topic, tp.partition)],
-                                                              offset)
-        except (KafkaException, TimeoutError) as exc:
+        if isinstance(committed, Exception):
             self.requests_failed += 1
             snap.broker_ok = False
-            snap.error = str(exc) or f"no answer within {self._timeout:.0f}s"
+            snap.error = str(committed)
             return snap
+        if committed is not None:
+            for tp in committed.topic_partitions:
+                offset = tp.offset if tp.offset >= 0 else None
+                snap.offsets[(tp.topic, tp.partition)] = (ends[(tp.topic, tp.partition)], offset)
         snap.state = getattr(desc.state, "name", str(desc.state))
         group_type = getattr(desc, "type", None)
         snap.group_type = getattr(group_type, "name", None)
