@@ -50,22 +50,40 @@ from kcg_operator.scaling.collector import (  # noqa: E402
     LATEST,
     ClusterKey,
     GroupRequest,
-    LagCollector,
 )
+from kcg_operator.scaling.contained import ContainedLagCollector  # noqa: E402
 
 TOPICS, PARTITIONS = 10, 6
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the operator's Kafka client runs in a child process)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
+
+
 def broker_connections(pid: int, port: int) -> int:
-    """Established TCP connections from `pid` to the broker's port (from /proc)."""
+    """Established TCP connections from `pid` and its children to the broker's port."""
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    for member in process_tree(pid):
+        for fd in Path(f"/proc/{member}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -76,11 +94,14 @@ def broker_connections(pid: int, port: int) -> int:
     return count
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def rss_mb(pid: int, children: bool = False) -> float:
+    """Resident memory of `pid` (and, with `children`, of its descendants too)."""
+    total = 0.0
+    for member in process_tree(pid) if children else [pid]:
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def free_port() -> int:
@@ -118,7 +139,7 @@ def prepare_kafka(bootstrap: str, run: str, objects: int) -> tuple[list[str], li
 
 
 def time_shared_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[float, int]:
-    collector = LagCollector(timeout_s=30)
+    collector = ContainedLagCollector(timeout_s=30)  # as the operator runs it
     key = ClusterKey.of(bootstrap)
     collector.sweep(key, requests[:1])  # connect first: steady-state sweeps reuse the client
     times = []
@@ -128,6 +149,7 @@ def time_shared_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[flo
         times.append(time.perf_counter() - started)
         assert all(s.broker_ok for s in snaps.values()), "shared sweep failed"
     connections = broker_connections(os.getpid(), int(bootstrap.rsplit(":", 1)[1]))
+    collector.close()
     return statistics.median(times), connections
 
 
@@ -267,7 +289,7 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
         return {
             "create_seconds": round(create_s, 1),
             "all_ready_seconds": round(all_ready_s, 1),
-            "rss_mb": round(rss_mb(op.pid), 1),
+            "rss_mb": round(rss_mb(op.pid, children=True), 1),
             "operator_broker_connections": broker_connections(
                 op.pid, int(bootstrap.rsplit(":", 1)[1])),
             "api_writes_per_min": round((w1 - w0) * 60 / steady_seconds, 1),

@@ -453,6 +453,34 @@ def test_a_partition_that_gets_nothing_while_its_owner_works_is_stuck_at_once() 
     assert max(d.desired for d in decisions) == 2
 
 
+def test_a_partition_waiting_while_its_owner_works_another_backlog_is_starved() -> None:
+    # A slow consumer (10 messages/s) owns two backlogged partitions: it worked on
+    # partition 0, then on partition 1's fetched batch, and partition 0 waits, labelled
+    # STALL by Burrow, yet another replica would take it. Its lag counts: 1 -> 2.
+    s = spec(minReplicas=1, maxReplicas=4, lagPerReplica=500)
+    members = {"a": [0, 1]}
+
+    def polls(turns: int) -> list[Observation]:
+        out = []
+        for i in range(12):
+            p0 = 10 * min(i, turns)
+            p1 = 10 * max(0, i - turns)
+            out.append(obs(5.0 * i, [3000, 3000], [p0, p1], 1, assignment=members,
+                           statuses={0: STALL} if i > turns + 2 else None))
+        return out
+
+    decisions = run(polls(turns=4), s, follow=False)
+    assert all("STUCK" not in d.reason and "STALL" not in d.reason for d in decisions)
+    assert decisions[-1].desired == 2
+    # Set aside for most of the rate window (a paused partition): ignored again.
+    set_aside = run(polls(turns=0), s, follow=False)[-1]
+    assert "ignoring lag on non-progressing orders/0 STALL" in set_aside.reason
+    assert set_aside.desired == 1
+    # The same partition behind a consumer that progresses nowhere: stuck at once.
+    stuck = [obs(5.0 * i, [3000, 3000], [10, 10], 1, assignment=members) for i in range(6)]
+    assert "orders/0 STUCK" in run(stuck, s, follow=False)[-1].reason
+
+
 def test_a_member_overloaded_by_a_hot_partition_gets_one_more_replica() -> None:
     # Consumer a owns the hot partition (70/s) and a 40/s one: 110/s against 100/s, while
     # the average says two consumers are plenty (180/s). The count now is not enough.

@@ -47,8 +47,10 @@ How a decision is made, in order:
 4. **Stalled partitions do not scale.** Lag on partitions Burrow calls STOP or STALL is
    ignored: their consumer is not progressing, more replicas would not help. A partition
    with a backlog that got nothing at all during a poll while its owner kept it is
-   ignored at once (STUCK): a consumer fetches from every partition it owns, so it is
-   stuck on a message, not short of capacity.
+   ignored at once (STUCK): it is stuck on a message, not short of capacity. Except a
+   starved one: while its owner progressed on another partition's backlog, and for at
+   most a minute, it waits its turn (a consumer works through one fetched batch at a
+   time), and it counts.
 5. **Bounds.** Never above the partition count nor ``maxReplicas``; never below
    ``minReplicas`` (at least one while there is traffic); zero only with ``scaleToZero``,
    after ``idleSeconds`` without lag or new messages, on a poll the broker answered; a
@@ -111,6 +113,9 @@ LEAN_FRACTION = 1.0
 #: Rates are measured over this long (several polls): committed offsets move in steps
 #: (the commit interval) and arrive late, which over one poll can mislead by half.
 RATE_WINDOW_SECONDS = 60.0
+#: Longest a backlogged partition may wait for its busy owner before it counts as stuck
+#: (within the rate window, whose oldest observation is this old or older).
+STARVED_LIMIT_SECONDS = 45.0
 #: Production rate used to project what arrives while new replicas start: short enough to
 #: see a burst within two polls, long enough to average out late offsets.
 PROJECTION_WINDOW_SECONDS = 45.0
@@ -393,6 +398,7 @@ def _decide_observed(
         per_replica,
         saturated,
         reaction if reaction is not None else DEFAULT_REACTION_SECONDS,
+        state.earlier,
     )
 
     idle_since = _idle_since(state, obs, last)
@@ -649,18 +655,23 @@ def _needs(
     per_replica: float | None,
     saturated: bool,
     reaction: float = DEFAULT_REACTION_SECONDS,
+    earlier: Sequence[Observation] = (),
 ) -> _Needs:
     # Statuses only mean something while consumers run: at zero replicas every partition
     # with new messages looks stopped, and that must not keep the group asleep.
     judging = obs.replicas > 0
+    # A busy consumer works through one partition's fetched batch before the next one's:
+    # those wait without being stuck, and another replica would take them.
+    starved = _starved(obs, last, earlier[0] if earlier else last) if last else set()
     ignored = [
         (k, s)
         for k, s in sorted(obs.statuses.items())
         if judging and k in obs.end_offsets and s in health.NOT_PROGRESSING and obs.lag(k) > 0
+        and k not in starved
     ]
     if judging and last is not None:
         known = {k for k, _ in ignored}
-        ignored += [(k, "STUCK") for k in _stuck(obs, last) if k not in known]
+        ignored += [(k, "STUCK") for k in _stuck(obs, last) if k not in known | starved]
         ignored.sort()
     skipped = {k for k, _ in ignored}
     active = [k for k in sorted(obs.end_offsets) if k not in skipped]
@@ -770,6 +781,41 @@ def _stuck(obs: Observation, last: Observation) -> list[PartitionKey]:
             if now_c == last_c and obs.lag(k) > 0 and last.lag(k) > 0:
                 stuck.append(k)
     return stuck
+
+
+def _starved(obs: Observation, last: Observation, oldest: Observation) -> set[PartitionKey]:
+    """Partitions that got nothing because their owner is busy with another backlog.
+
+    A consumer processes what it fetched partition by partition: while it works through
+    one partition's backlog, its other partitions wait, for a while if it is slow. Such a
+    partition is not stuck: its owner progressed on another partition that had a backlog
+    (a consumer stuck on a message progresses nowhere). One that got nothing for the
+    rate window (at least STARVED_LIMIT_SECONDS; `oldest` is the window's first
+    observation) though it had a backlog all along is taken for stuck even so: a consumer
+    that sets a partition aside (paused on a poison message) and works on the rest looks
+    starved for that long. Known only with the assignment, for owners that kept their
+    partitions since the last poll.
+    """
+    if obs.assignment is None or last.assignment is None:
+        return set()
+    starved: set[PartitionKey] = set()
+    for member, owned in obs.assignment.items():
+        if sorted(last.assignment.get(member, ())) != sorted(owned):
+            continue
+        progressed: set[PartitionKey] = set()
+        for k in owned:
+            now_c, last_c = obs.position(k), last.position(k)
+            if now_c is not None and last_c is not None and now_c > last_c:
+                progressed.add(k)
+        busy = {k for k in progressed if last.lag(k) > 0 and obs.lag(k) > 0}
+        for k in owned:
+            now_c, old_c = obs.position(k), oldest.position(k)
+            waited_all_window = (now_c is not None and old_c is not None and now_c == old_c
+                                 and oldest.lag(k) > 0
+                                 and obs.time_s - oldest.time_s >= STARVED_LIMIT_SECONDS)
+            if k not in progressed and busy - {k} and not waited_all_window:
+                starved.add(k)
+    return starved
 
 
 def _rate_since(points: Sequence[timelag.Point], now: float, window: float) -> float | None:
