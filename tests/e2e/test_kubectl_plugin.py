@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -415,13 +416,17 @@ def test_watch_redraws_until_interrupted(
     proc = subprocess.Popen(
         [binary, "kcg", "describe", "gone", "-n", ns, "-o", "json", "--watch", "--samples", "1",
          "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"]})
+        env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"]},
+        # As from a terminal. A suite started in the background (CI, `make test &`) runs
+        # with SIGINT ignored, children inherit that through exec, and Python then leaves
+        # Ctrl-C ignored: the plugin would rightly go on (this failed CI twice).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
         # kubectl execs the plugin, so Ctrl-C reaches it directly. Both pipes are drained
         # while it ends: a writer blocked on a full pipe would never see its exit.
-        proc.send_signal(2)
+        proc.send_signal(signal.SIGINT)
         _, errors = proc.communicate(timeout=30)
         assert proc.returncode == 130, errors
     finally:
