@@ -49,7 +49,12 @@ from kcg_operator.scaling.lag import PartitionKey
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
 from kcg_operator.scaling.timelag import OffsetTimeTable
 from kcg_operator.status import Observed, pods_event, render_status, wrong_assignor
-from kcg_operator.workload.pod_health import DEFAULT_READY_GRACE_SECONDS, PodHealth, judge_pods
+from kcg_operator.workload.pod_health import (
+    DEFAULT_READY_GRACE_SECONDS,
+    PodHealth,
+    judge_by_deployment,
+    judge_pods,
+)
 from kcg_operator.workload.render import deployment_name
 
 log = logging.getLogger(__name__)
@@ -466,6 +471,12 @@ class Controller:
         rec = obj.reconciled
         if not has_deployment or rec is None or not rec.selector:
             return None, None  # no Deployment, so no pods to ask about
+        seen = self.registry.deployment(key)
+        settled = seen and judge_by_deployment(seen.wanted, seen.ready, seen.pods)
+        if settled:
+            # All its pods ready, by the Deployment's own counts: no LIST (at 10 000
+            # groups, one per group and check interval would load the apiserver most).
+            return self._pods_verdict(obj, state, settled), None
         try:
             pods = self.kube.list_pods(key[0], rec.selector)
         except (ApiException, HTTPError, OSError) as exc:
@@ -478,11 +489,16 @@ class Controller:
             return None, error
         state.last_events["pods-list"] = ""
         verdict = judge_pods(pods, time.time(), self.pod_ready_grace_s)
+        return self._pods_verdict(obj, state, verdict), None
+
+    def _pods_verdict(self, obj: GroupObject, state: GroupState,
+                      verdict: PodHealth) -> PodHealth:
+        """An Event when the pods turn unhealthy or recover."""
         event = pods_event(bool(state.last_events.get("pods")), verdict)
         if event is not None:
             self.kube.event(obj.body, *event)
         state.last_events["pods"] = "" if verdict.healthy else verdict.reason
-        return verdict, None
+        return verdict
 
     def _scale(self, key: Key, obj: GroupObject, state: GroupState, current: int,
                decision: Decision, seconds_behind: float | None = None) -> None:

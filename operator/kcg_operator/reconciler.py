@@ -24,6 +24,7 @@ from kcg_operator.kube import Kube
 from kcg_operator.registry import Key, Reconciled, Registry
 from kcg_operator.scaling.collector import ClusterKey
 from kcg_operator.workload.consumer_config import ConsumerConfigError
+from kcg_operator.workload.pod_health import deployment_pods
 from kcg_operator.workload.render import (
     CONFIG_HASH_ANNOTATION,
     DEFAULT_RELAY_IMAGE,
@@ -157,5 +158,5 @@ def apply(kube: Kube, registry: Registry, key: Key, body: Mapping[str, Any],
         key, (int(applied["spec"].get("replicas") or 0),
               int((applied.get("status") or {}).get("readyReplicas") or 0)),
         (applied["metadata"].get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION),
-        applied["metadata"].get("generation"))
+        applied["metadata"].get("generation"), deployment_pods(applied))
     return _outcome(body, prepared, replicas)

@@ -56,6 +56,9 @@ class DeploymentReplicas:
     seen_at: float  # time.monotonic() when the watch delivered it
     workload_hash: str | None = None  # what the operator last applied to it
     generation: int | None = None  # metadata.generation: orders events around a patch
+    # status.replicas (pods not terminating) once the Deployment controller has observed
+    # this generation; None while its counts may be those of an older spec.
+    pods: int | None = None
 
 
 class Registry:
@@ -108,16 +111,17 @@ class Registry:
 
     def deployment_seen(self, key: Key, replicas: tuple[int, int] | None,
                         workload_hash: str | None = None,
-                        generation: int | None = None) -> None:
+                        generation: int | None = None, pods: int | None = None) -> None:
         """The consumer Deployment's watch: (spec.replicas, readyReplicas), None if deleted,
-        and the workload digest it carries."""
+        the workload digest it carries, and its pod count when current (see
+        DeploymentReplicas.pods)."""
         with self._lock:
             if replicas is None:
                 self._deployments.pop(key, None)
                 self._missing.add(key)
             else:
                 self._deployments[key] = DeploymentReplicas(*replicas, time.monotonic(),
-                                                            workload_hash, generation)
+                                                            workload_hash, generation, pods)
         if replicas is None:
             self.wake.set()
 

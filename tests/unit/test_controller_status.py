@@ -297,6 +297,37 @@ def test_a_failed_pod_list_leaves_the_rest_of_the_status_alone() -> None:
     assert not kube.events
 
 
+def test_a_deployment_whose_pods_are_all_ready_needs_no_pod_list() -> None:
+    """At 10 000 groups a LIST per group and check would load the apiserver most: the
+    Deployment's own counts (current for its generation) settle a healthy group."""
+    kube = _FakeKube()
+    ctl = _controller(kube, replicas=(2, 2))
+    ctl.registry.deployment_seen(("shop", "orders"), (2, 2), pods=2)
+    ctl.evaluate(("shop", "orders"), _ready_object(), _snap())
+    assert not kube.lists
+    healthy = _conditions(kube.statuses[-1])["PodsHealthy"]
+    assert (healthy["reason"], healthy["message"]) == ("PodsReady", "2/2 pods ready")
+    # One pod short of ready, or counts of an older generation: the pods are looked at.
+    kube.pods = [_pulling_pod()]
+    for seen in ((2, 1), 2), ((2, 2), None):
+        ctl.registry.deployment_seen(("shop", "orders"), seen[0], pods=seen[1])
+        ctl.evaluate(("shop", "orders"), _ready_object(), _snap(time_s=130.0))
+    assert len(kube.lists) == 2
+    assert _conditions(kube.statuses[-1])["PodsHealthy"]["reason"] == "ImagePullBackOff"
+
+
+def test_deployment_pods_are_known_once_its_controller_observed_the_spec() -> None:
+    from kcg_operator.workload.pod_health import deployment_pods
+
+    body = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "replicas": 3}}
+    assert deployment_pods(body) == 3
+    assert deployment_pods({"metadata": {"generation": 4},
+                            "status": {"observedGeneration": 4}}) == 0  # omitted at zero
+    assert deployment_pods({"metadata": {"generation": 5},
+                            "status": {"observedGeneration": 4, "replicas": 3}}) is None
+    assert deployment_pods({"metadata": {"generation": 1}}) is None  # not yet observed
+
+
 def test_no_deployment_means_no_pod_list() -> None:
     kube = _FakeKube()
     ctl = _controller(kube, replicas=None)

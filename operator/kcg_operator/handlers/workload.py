@@ -23,6 +23,7 @@ from kcg_operator.api.models import (
     KafkaConsumerGroup,
     parse_kafka_consumer_group,
 )
+from kcg_operator.workload.pod_health import deployment_pods
 from kcg_operator.workload.render import WORKLOAD_HASH_ANNOTATION
 
 
@@ -57,7 +58,8 @@ def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | Non
     applied = (body.metadata.get("annotations") or {}).get(WORKLOAD_HASH_ANNOTATION)
     generation = body.metadata.get("generation")
     runtime.of(memo).registry.deployment_seen((namespace or "", owner), replicas, applied,
-                                              int(generation) if generation else None)
+                                              int(generation) if generation else None,
+                                              deployment_pods(body))
 
 
 @kopf.on.event("", "v1", "configmaps", labels={GROUP_LABEL: kopf.PRESENT})

@@ -101,6 +101,28 @@ class PodHealth:
     problem: PodProblem | None = None
 
 
+def deployment_pods(deployment: Mapping[str, Any]) -> int | None:
+    """status.replicas of a Deployment (its pods not terminating), once its controller has
+    observed the current spec; None before (the counts may be an older spec's). The field
+    is left out at zero."""
+    meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    generation = meta.get("generation")
+    if generation is None or status.get("observedGeneration") != generation:
+        return None
+    return int(status.get("replicas") or 0)
+
+
+def judge_by_deployment(wanted: int, ready: int, pods: int | None) -> PodHealth | None:
+    """The verdict without listing the pods, when the Deployment's own counts settle it:
+    it has the pods it wants and every one is ready (a ready pod has no problem this module
+    reports: each one keeps it from being ready). None: the pods must be looked at."""
+    if pods is None or not wanted == ready == pods:
+        return None
+    if pods == 0:
+        return PodHealth(True, NO_PODS, "no pods", 0, 0)
+    return PodHealth(True, PODS_READY, f"{ready}/{pods} pods ready", ready, pods)
+
+
 def judge_pods(pods: Iterable[Pod], now: float,
                grace_seconds: float = DEFAULT_READY_GRACE_SECONDS) -> PodHealth:
     """The verdict on the pods of one group's Deployment at `now` (epoch seconds)."""
