@@ -157,4 +157,7 @@ class Kube:
                 "reportingComponent": "kcg-operator", "reportingInstance": "kcg-operator",
             }, _request_timeout=TIMEOUT)
         except ApiException as exc:  # an Event is telling, never a reason to fail
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
+            if "NamespaceTerminating" in str(exc.body or ""):
+                return  # the object goes with its namespace: nobody will read the Event
+            log.warning("could not post event %s on %s/%s: %s %s", reason, meta["namespace"],
+                        meta["name"], exc.status, exc.reason)
