@@ -44,8 +44,8 @@ NO_OFFSET = -1001
 MAX_TIMESTAMP_READS = 500
 #: Cached message timestamps per cluster before the cache starts over.
 TIMESTAMP_CACHE_SIZE = 100_000
-#: How long past its request timeout a request may stay unanswered before its client is
-#: taken for stuck (librdkafka fails a request itself at the timeout).
+#: How long past its request timeout a request is waited for (librdkafka fails a request
+#: itself at the timeout; one still open after this counts as timed out).
 WEDGE_GRACE_S = 5.0
 
 K = TypeVar("K")
@@ -167,8 +167,9 @@ class LagCollector:
         # The last authentication error librdkafka reported per cluster: a failed request
         # only says "transport failure", the error callback says why.
         self._auth_errors: dict[ClusterKey, str] = {}
-        # Clusters whose client left a request unanswered past its own timeout: it will
-        # not answer again (see _outcomes); whoever owns the process replaces it.
+        # Clusters whose client timed out every request of a kind while the broker
+        # answered (see _outcomes): it will not answer again; whoever owns the process
+        # replaces it.
         self.wedged: set[ClusterKey] = set()
 
     def client(self, key: ClusterKey, auth: Mapping[str, str] | None = None) -> AdminClient:

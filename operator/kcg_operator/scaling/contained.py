@@ -5,8 +5,8 @@ librdkafka's admin client has two failure modes that no caller can handle in-pro
 (DescribeGroups, OffsetFetch) stop completing for good, and it aborts the whole process
 with `rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0'`
 (confluentinc/librdkafka#4605) when such a client is replaced or destroyed. So the
-client lives in a small child process (`main` below):
-the operator sends it one sweep at a time and gets snapshots back. When the child
+client lives in a small child process (`main` below): the operator sends it one sweep
+at a time and gets snapshots back. When the child
 aborts, stops answering, or reports its client stuck, the operator kills it and starts a
 new one on the next sweep; that sweep's groups are reported BrokerUnreachable meanwhile
 (replicas held), never lost. Message timestamps are read by the operator's own consumer
