@@ -88,7 +88,6 @@ class ContainedLagCollector(LagCollector):
         super().__init__(timeout_s)
         self._children: dict[ClusterKey, _Child] = {}
         self._child_locks: dict[ClusterKey, threading.Lock] = {}
-        self.restarts = 0
 
     @property
     def clusters(self) -> int:
@@ -135,7 +134,6 @@ class ContainedLagCollector(LagCollector):
         """Stop the cluster's child; the next sweep starts a new one."""
         child = self._children.pop(key)
         status = child.stop()
-        self.restarts += 1
         metrics.kafka_client_restarts.labels(key.bootstrap_servers).inc()
         log.warning("the Kafka client process of %s was replaced: %s (exit status %s)",
                     key.bootstrap_servers, why, status)
