@@ -69,6 +69,13 @@ def test_a_shard_lock_has_one_holder_at_a_time(
         first.unlock_shards(list(range(10)))
         assert second.try_lock_shards(wanted) == frozenset(range(10))
         first.close()  # the session ends: its locks with it
+        # The backend exits after the client hangs up, not with it: wait until its
+        # locks are gone (observed in pg_locks) before asking for its shards.
+        def released() -> bool:
+            view = second.lock_view()
+            return first.backend_pid not in view.members | set(view.holders.values())
+
+        wait_until(released, 10, "the closed session's backend to release its locks")
         rest = sorted(ALL_SHARDS - frozenset(range(10)))
         assert second.try_lock_shards(rest) == frozenset(rest)
         assert set(second.lock_view().holders.values()) == {second.backend_pid}
