@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -30,9 +31,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -271,6 +274,60 @@ def wait_all_ready(custom: client.CustomObjectsApi, ns: str, total: int, deadlin
     return len(ready)
 
 
+def status_changes(custom: client.CustomObjectsApi, ns: str, stop: threading.Event,
+                   tally: Counter[str]) -> None:
+    """Count, until `stop`, which part of the objects' status changes (a condition's
+    type:status:reason, or another field): what each status write in the window was for."""
+    args = ("kcg.dev", "v1alpha1", ns, "kafkaconsumergroups")
+    listing = custom.list_namespaced_custom_object(*args)
+    last = {o["metadata"]["name"]: o.get("status") or {} for o in listing["items"]}
+    version = listing["metadata"]["resourceVersion"]
+    while not stop.is_set():
+        for event in watch.Watch().stream(custom.list_namespaced_custom_object, *args,
+                                          resource_version=version, timeout_seconds=5):
+            obj = event["object"]
+            if event["type"] == "ERROR":
+                return
+            version = obj["metadata"]["resourceVersion"]
+            name, now = obj["metadata"]["name"], obj.get("status") or {}
+            before = last.get(name, {})
+            last[name] = now
+            old = {c["type"]: c for c in before.get("conditions") or []}
+            for cond in now.get("conditions") or []:
+                prev = old.get(cond["type"], {})
+                if (prev.get("status"), prev.get("reason")) != (cond["status"], cond["reason"]):
+                    tally[f"{cond['type']}:{prev.get('reason')}->{cond['reason']}"] += 1
+                elif prev.get("message") != cond.get("message"):
+                    tally[f"{cond['type']} message"] += 1
+            for field_ in sorted(set(now) | set(before)):
+                if field_ != "conditions" and now.get(field_) != before.get(field_):
+                    tally[f"status.{field_}"] += 1
+            if stop.is_set():
+                break
+
+
+def print_window_events(core: client.CoreV1Api, ns: str,
+                        since: datetime.datetime) -> None:
+    """What the operator said in the steady window, by reason (writes there need a why)."""
+    reasons: Counter[str] = Counter()
+    sample: dict[str, str] = {}
+    token = None
+    while True:
+        page = core.list_namespaced_event(ns, limit=2000, _continue=token)
+        for ev in page.items:
+            stamp = ev.last_timestamp or ev.event_time
+            if stamp is not None and stamp >= since:
+                reasons[ev.reason or ""] += 1
+                sample.setdefault(ev.reason or "", f"{ev.involved_object.name}: {ev.message}")
+        token = page.metadata._continue
+        if not token:
+            break
+    print(f"Events in the steady window by reason: {dict(reasons.most_common(8))}",
+          file=sys.stderr)
+    for reason, _ in reasons.most_common(3):
+        print(f"  e.g. {reason}: {sample[reason][:300]}", file=sys.stderr)
+
+
 def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, ns: str,
                  topics: list[str], groups: list[str], steady_seconds: int,
                  log: Path) -> dict[str, Any]:
@@ -314,12 +371,24 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
         time.sleep(15)  # let the last sweeps settle
         w0 = operator_metric(metrics_port, "kcg_api_writes_total")
         m0 = apiserver_mutations(state)
+        window_start = datetime.datetime.now(datetime.UTC)
+        stop, changes = threading.Event(), Counter[str]()
+        watcher = threading.Thread(target=status_changes, args=(custom, ns, stop, changes),
+                                   daemon=True)
+        watcher.start()
         time.sleep(steady_seconds)
+        stop.set()
+        watcher.join(10)
         w1 = operator_metric(metrics_port, "kcg_api_writes_total")
         m1 = apiserver_mutations(state)
         delta = {k: v - m0.get(k, 0.0) for k, v in m1.items() if v - m0.get(k, 0.0) > 0}
         print("apiserver mutations in the steady window, by verb/resource:",
               dict(sorted(delta.items(), key=lambda kv: -kv[1])[:8]), file=sys.stderr)
+        print_window_events(client.CoreV1Api(api), ns, window_start)
+        print(f"status changes in the steady window: {dict(changes.most_common(8))}",
+              file=sys.stderr)
+        for name in ("kcg_kafka_request_errors_total", "kcg_kafka_client_restarts_total"):
+            print(f"{name} at the end: {operator_metric(metrics_port, name)}", file=sys.stderr)
         sweep_sum = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_sum")
         sweep_count = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_count")
         return {

@@ -48,7 +48,13 @@ from kcg_operator.scaling.health import CommitWindow
 from kcg_operator.scaling.lag import PartitionKey
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
 from kcg_operator.scaling.timelag import OffsetTimeTable
-from kcg_operator.status import Observed, pods_event, render_status, wrong_assignor
+from kcg_operator.status import (
+    Observed,
+    metric_figures,
+    pods_event,
+    render_status,
+    wrong_assignor,
+)
 from kcg_operator.workload.pod_health import (
     DEFAULT_READY_GRACE_SECONDS,
     PodHealth,
@@ -84,7 +90,6 @@ class GroupState:
     last_status: dict[str, Any] | None = None
     last_events: dict[str, str] = field(default_factory=dict)
     last_scale_time: str | None = None
-    partition_series: set[tuple[str, str]] = field(default_factory=set)  # metric labels
     metric_labels: tuple[str, str, str] | None = None
     # Replicas this controller set, until the Deployment's watch has caught up with them.
     scaled_to: int | None = None
@@ -554,44 +559,15 @@ class Controller:
         if state.metric_labels not in (None, labels):
             self._forget(state)
         state.metric_labels = labels
-        for (topic, partition), p in observed.lags.items():
-            series = (*labels, topic, str(partition))
-            state.partition_series.add((topic, str(partition)))
-            metrics.partition_lag.labels(*series).set(p.lag)
-            if p.seconds is not None:
-                metrics.partition_lag_seconds.labels(*series).set(p.seconds)
-            verdict = observed.statuses.get((topic, partition))
-            if verdict is not None:
-                metrics.partition_status.labels(*series).set(metrics.STATUS_CODES[verdict])
-        snap = observed.snap
-        if snap.broker_ok:
-            metrics.group_total_lag.labels(*labels).set(observed.total_lag)
-            metrics.group_max_lag_seconds.labels(*labels).set(observed.max_seconds or 0.0)
-            metrics.group_partitions.labels(*labels).set(snap.partitions)
-            metrics.group_members.labels(*labels).set(len(snap.members))
-        compliant = observed.rebalance_compliant
-        if compliant is not None:
-            metrics.rebalance_compliant.labels(*labels).set(int(compliant))
-        scaling = kcg.spec.scaling
-        if scaling is not None and scaling.max_time_lag_seconds is not None:
-            metrics.slo_seconds.labels(*labels).set(scaling.max_time_lag_seconds)
-        decision = observed.decision
-        if decision is not None:
-            metrics.desired_replicas.labels(*labels).set(decision.desired)
-            if decision.production_rate is not None:
-                metrics.production_rate.labels(*labels).set(decision.production_rate)
-            if decision.per_replica_rate is not None:
-                metrics.replica_rate.labels(*labels).set(decision.per_replica_rate)
-        if observed.current is not None:
-            metrics.current_replicas.labels(*labels).set(observed.current)
-        metrics.export_expected_relays(*labels, kcg.spec.outbox is not None, observed.current)
+        metrics.groups.update(labels, metric_figures(kcg, observed), relays_known=(
+            kcg.spec.outbox is None or observed.current is not None))
 
     @staticmethod
     def _forget(state: GroupState) -> None:
         """Drop a group's series so dashboards and alerts do not show ghosts."""
         if state.metric_labels is not None:
-            metrics.forget_group(*state.metric_labels, state.partition_series)
-        state.metric_labels, state.partition_series = None, set()
+            metrics.forget_group(state.metric_labels)
+        state.metric_labels = None
 
     # ------------------------------------------------------------------ status
 

@@ -1,29 +1,24 @@
-"""Prometheus metrics on /metrics, named in the style of kafka-lag-exporter and kminion."""
+"""Prometheus metrics on /metrics, named in the style of kafka-lag-exporter and kminion.
+
+The per-group and per-partition gauges are not prometheus_client children: at 10 000
+groups those were ~170 MB of objects (a lock and a value per series). The controller hands
+each group's figures to `groups` after every check, and they are turned into samples only
+when Prometheus scrapes."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import dataclasses
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
 
 GROUP_LABELS = ("namespace", "name", "group")
 
-partition_lag = Gauge(
-    "kcg_consumergroup_group_lag", "Messages of lag of a group on one partition.",
-    (*GROUP_LABELS, "topic", "partition"))
-partition_lag_seconds = Gauge(
-    "kcg_consumergroup_group_lag_seconds", "Estimated seconds a group is behind on a partition.",
-    (*GROUP_LABELS, "topic", "partition"))
-group_total_lag = Gauge(
-    "kcg_consumergroup_group_sum_lag", "Messages of lag of a group, all partitions.", GROUP_LABELS)
-group_max_lag_seconds = Gauge(
-    "kcg_consumergroup_group_max_lag_seconds", "Largest time lag of any partition of a group.",
-    GROUP_LABELS)
-desired_replicas = Gauge(
-    "kcg_desired_replicas", "Replicas the scaling policy wants.", GROUP_LABELS)
-current_replicas = Gauge(
-    "kcg_current_replicas", "spec.replicas of the consumer Deployment.", GROUP_LABELS)
 scale_events = Counter(
     "kcg_scale_events_total",
     "Replica changes made by the operator, by direction and by what decided the new count "
@@ -43,35 +38,6 @@ kafka_client_restarts = Counter(
     "Kafka admin client processes replaced because they aborted, hung or stopped answering.",
     ("cluster",))
 groups_watched = Gauge("kcg_groups", "KafkaConsumerGroups the operator serves.")
-partition_status = Gauge(
-    "kcg_consumergroup_partition_status",
-    "Burrow's verdict on a partition, as Burrow numbers it: 1 OK, 2 WARN, 3 ERR, 4 STOP, "
-    "5 STALL, 6 REWIND.", (*GROUP_LABELS, "topic", "partition"))
-group_partitions = Gauge(
-    "kcg_consumergroup_partitions", "Partitions of the group's topics (the replica cap).",
-    GROUP_LABELS)
-group_members = Gauge(
-    "kcg_consumergroup_members", "Members of the group, as the broker describes it.",
-    GROUP_LABELS)
-slo_seconds = Gauge(
-    "kcg_consumergroup_max_time_lag_target_seconds",
-    "spec.scaling.maxTimeLagSeconds of the group (absent when not set).", GROUP_LABELS)
-production_rate = Gauge(
-    "kcg_consumergroup_production_rate",
-    "Messages per second produced to the group's partitions, as the policy measured them.",
-    GROUP_LABELS)
-replica_rate = Gauge(
-    "kcg_consumergroup_replica_rate",
-    "Messages per second one replica consumes, as the policy measured it.", GROUP_LABELS)
-rebalance_compliant = Gauge(
-    "kcg_consumergroup_rebalance_compliant",
-    "1 when the group's assignor is compliant, 0 when not (absent while unknown).",
-    GROUP_LABELS)
-outbox_expected_relays = Gauge(
-    "kcg_outbox_expected_relays",
-    "Outbox relays that should run for a group with spec.outbox: spec.replicas of its "
-    "consumer Deployment, one relay sidecar per pod (absent without spec.outbox).",
-    GROUP_LABELS)
 kafka_up = Gauge(
     "kcg_kafka_up", "1 when the cluster answered the last lag sweep, 0 when not.",
     ("cluster",))
@@ -90,34 +56,162 @@ def scale_reason(desired: int, capped_by: str | None) -> str:
     return "lag"
 
 
-def forget_group(namespace: str, name: str, group: str,
-                 partitions: Iterable[tuple[str, str]] = ()) -> None:
+GroupLabels = tuple[str, str, str]  # namespace, name, group
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFigures:
+    topic: str
+    partition: int
+    lag: int
+    seconds: float | None  # None: unknown, no sample
+    status: int | None  # STATUS_CODES; None: no verdict
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFigures:
+    """One group's gauges after a check; None means no sample."""
+
+    partitions: tuple[PartitionFigures, ...] = ()
+    total_lag: int | None = None
+    max_lag_seconds: float | None = None
+    partition_count: int | None = None
+    members: int | None = None
+    rebalance_compliant: bool | None = None
+    desired: int | None = None
+    production_rate: float | None = None
+    replica_rate: float | None = None
+    current: int | None = None
+    slo_seconds: float | None = None  # from the spec: absent when not set
+    expected_relays: int | None = None  # absent without spec.outbox
+
+
+#: Figures a check may not learn (Kafka did not answer, no Deployment seen, no decision):
+#: the last known value stays, as a labelled gauge that is not set again would keep it;
+#: kcg_kafka_up says whether it is current. The spec-given ones are set every time.
+_KEPT_WHEN_UNKNOWN = ("total_lag", "max_lag_seconds", "partition_count", "members",
+                      "rebalance_compliant", "desired", "production_rate", "replica_rate",
+                      "current")
+
+
+def merged(previous: GroupFigures | None, latest: GroupFigures,
+           relays_known: bool = True) -> GroupFigures:
+    """`latest`, with what it does not know taken from `previous` (see _KEPT_WHEN_UNKNOWN;
+    partitions: an empty set is unknown). `relays_known` False: the group has spec.outbox
+    but its replicas are not known this time (no Deployment seen): the expected relays
+    keep their last figure."""
+    if previous is None:
+        return latest
+    kept = {name: getattr(previous, name) for name in _KEPT_WHEN_UNKNOWN
+            if getattr(latest, name) is None}
+    if not latest.partitions:
+        kept["partitions"] = previous.partitions
+    if not relays_known:
+        kept["expected_relays"] = previous.expected_relays
+    return dataclasses.replace(latest, **kept) if kept else latest
+
+
+#: (metric name, help, GroupFigures field) of the per-group gauges.
+_GROUP_GAUGES = (
+    ("kcg_consumergroup_group_sum_lag", "Messages of lag of a group, all partitions.",
+     "total_lag"),
+    ("kcg_consumergroup_group_max_lag_seconds",
+     "Largest time lag of any partition of a group.", "max_lag_seconds"),
+    ("kcg_desired_replicas", "Replicas the scaling policy wants.", "desired"),
+    ("kcg_current_replicas", "spec.replicas of the consumer Deployment.", "current"),
+    ("kcg_consumergroup_partitions", "Partitions of the group's topics (the replica cap).",
+     "partition_count"),
+    ("kcg_consumergroup_members", "Members of the group, as the broker describes it.",
+     "members"),
+    ("kcg_consumergroup_max_time_lag_target_seconds",
+     "spec.scaling.maxTimeLagSeconds of the group (absent when not set).", "slo_seconds"),
+    ("kcg_consumergroup_production_rate",
+     "Messages per second produced to the group's partitions, as the policy measured them.",
+     "production_rate"),
+    ("kcg_consumergroup_replica_rate",
+     "Messages per second one replica consumes, as the policy measured it.", "replica_rate"),
+    ("kcg_consumergroup_rebalance_compliant",
+     "1 when the group's assignor is compliant, 0 when not (absent while unknown).",
+     "rebalance_compliant"),
+    ("kcg_outbox_expected_relays",
+     "Outbox relays that should run for a group with spec.outbox: spec.replicas of its "
+     "consumer Deployment, one relay sidecar per pod (absent without spec.outbox).",
+     "expected_relays"),
+)
+_PARTITION_LABELS = [*GROUP_LABELS, "topic", "partition"]
+
+
+class GroupGauges(Collector):
+    """Every group's figures, turned into samples at scrape time. The controller is the
+    only writer; the scrape thread reads a copy of the mapping."""
+
+    def __init__(self) -> None:
+        self._groups: dict[GroupLabels, GroupFigures] = {}
+        self._lock = threading.Lock()
+
+    def update(self, labels: GroupLabels, latest: GroupFigures,
+               relays_known: bool = True) -> GroupFigures:
+        with self._lock:
+            figures = merged(self._groups.get(labels), latest, relays_known)
+            self._groups[labels] = figures
+        return figures
+
+    def forget(self, labels: GroupLabels) -> None:
+        with self._lock:
+            self._groups.pop(labels, None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("kcg_consumergroup_group_lag",
+                              "Messages of lag of a group on one partition.",
+                              labels=_PARTITION_LABELS),
+            GaugeMetricFamily("kcg_consumergroup_group_lag_seconds",
+                              "Estimated seconds a group is behind on a partition.",
+                              labels=_PARTITION_LABELS),
+            GaugeMetricFamily("kcg_consumergroup_partition_status",
+                              "Burrow's verdict on a partition, as Burrow numbers it: 1 OK, "
+                              "2 WARN, 3 ERR, 4 STOP, 5 STALL, 6 REWIND.",
+                              labels=_PARTITION_LABELS),
+            *(GaugeMetricFamily(name, help_, labels=list(GROUP_LABELS))
+              for name, help_, _ in _GROUP_GAUGES),
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            groups = list(self._groups.items())
+        lag, seconds, status, *per_group = self._families()
+        for labels, figures in groups:
+            for p in figures.partitions:
+                series = [*labels, p.topic, str(p.partition)]
+                lag.add_metric(series, p.lag)
+                if p.seconds is not None:
+                    seconds.add_metric(series, p.seconds)
+                if p.status is not None:
+                    status.add_metric(series, p.status)
+            for family, (_, _, field_) in zip(per_group, _GROUP_GAUGES, strict=True):
+                value = getattr(figures, field_)
+                if value is not None:
+                    family.add_metric(list(labels), float(value))
+        yield lag
+        yield seconds
+        yield status
+        yield from per_group
+
+
+groups = GroupGauges()
+REGISTRY.register(groups)
+
+
+def forget_group(labels: GroupLabels) -> None:
     """Drop a deleted group's series so dashboards and alerts do not show ghosts."""
-    for gauge in (group_total_lag, group_max_lag_seconds, desired_replicas, current_replicas,
-                  group_partitions, group_members, slo_seconds, production_rate,
-                  replica_rate, rebalance_compliant, outbox_expected_relays):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name, group)
+    groups.forget(labels)
     for direction in ("up", "down"):
         for reason in SCALE_REASONS:
             with contextlib.suppress(KeyError):
-                scale_events.remove(namespace, name, group, direction, reason)
-    for topic, partition in partitions:
-        for series in (partition_lag, partition_lag_seconds, partition_status):
-            with contextlib.suppress(KeyError):
-                series.remove(namespace, name, group, topic, partition)
-
-
-def export_expected_relays(namespace: str, name: str, group: str, has_outbox: bool,
-                           replicas: int | None) -> None:
-    """kcg_outbox_expected_relays of one group: the Deployment's replicas while the group
-    has spec.outbox, no series once it has none (its relays are gone on purpose). Unknown
-    replicas (no Deployment seen) keep the last figure, as kcg_current_replicas does."""
-    if not has_outbox:
-        with contextlib.suppress(KeyError):
-            outbox_expected_relays.remove(namespace, name, group)
-    elif replicas is not None:
-        outbox_expected_relays.labels(namespace, name, group).set(replicas)
+                scale_events.remove(*labels, direction, reason)
 
 
 api_writes = Counter(

@@ -3,8 +3,9 @@
 The controller loop (kcg_operator.controller) gathers an :class:`Observed` per group and
 check (the broker's snapshot, lag per partition from kcg_operator.scaling.lag, Burrow's
 verdicts, the scaling decision, the pods' verdict) and writes what :func:`render_status`
-returns when it differs from what it wrote last. Nothing here does I/O or keeps state, so
-every status can be reproduced from its inputs.
+returns when it differs from what it wrote last, and exports what :func:`metric_figures`
+returns: the status and the metrics are two views of one Observed. Nothing here does I/O
+or keeps state, so every status can be reproduced from its inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from kcg_operator.api.models import KafkaConsumerGroup, RebalanceProtocol
 from kcg_operator.conditions import condition
+from kcg_operator.metrics import STATUS_CODES, GroupFigures, PartitionFigures
 from kcg_operator.registry import GroupObject
 from kcg_operator.scaling import health
 from kcg_operator.scaling import lag as lagmath
@@ -223,6 +225,33 @@ def _scaling_condition(kcg: KafkaConsumerGroup, snap: GroupSnapshot,
         return condition("Scaling", False, "BrokerUnreachable", decision.reason, generation,
                          previous)
     return condition("Scaling", True, "Active", decision.reason, generation, previous)
+
+
+def metric_figures(kcg: KafkaConsumerGroup, observed: Observed) -> GroupFigures:
+    """The group's gauges from the same figures as its status (None: not known this check;
+    metrics.merged keeps the last value then)."""
+    snap, decision = observed.snap, observed.decision
+    partitions = tuple(
+        PartitionFigures(topic, partition, p.lag, p.seconds,
+                         STATUS_CODES.get(observed.statuses.get((topic, partition), "")))
+        for (topic, partition), p in sorted(observed.lags.items()))
+    scaling = kcg.spec.scaling
+    compliant = observed.rebalance_compliant
+    return GroupFigures(
+        partitions=partitions,
+        total_lag=observed.total_lag if snap.broker_ok else None,
+        max_lag_seconds=(observed.max_seconds or 0.0) if snap.broker_ok else None,
+        partition_count=snap.partitions if snap.broker_ok else None,
+        members=len(snap.members) if snap.broker_ok else None,
+        rebalance_compliant=compliant,
+        desired=decision.desired if decision is not None else None,
+        production_rate=decision.production_rate if decision is not None else None,
+        replica_rate=decision.per_replica_rate if decision is not None else None,
+        current=observed.current,
+        slo_seconds=scaling.max_time_lag_seconds if scaling is not None else None,
+        # One relay sidecar per consumer pod; none expected without spec.outbox.
+        expected_relays=observed.current if kcg.spec.outbox is not None else None,
+    )
 
 
 def render_status(obj: GroupObject, observed: Observed | None,

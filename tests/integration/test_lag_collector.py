@@ -14,14 +14,19 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in its 
     NewTopic,
 )
 
+from kcg_operator.scaling import collector as collector_module
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, LagCollector
 
 pytestmark = pytest.mark.integration
 
 
+# The default window, and one that splits the 40 groups into 14 batches (the last one
+# short): every group is described and fetched exactly as when all go at once.
+@pytest.mark.parametrize("in_flight", [collector_module.GROUP_REQUESTS_IN_FLIGHT, 6])
 def test_one_client_sweeps_many_groups_and_notices_a_growing_topic(
-    stack: dict[str, Any], unique_name: str
+    stack: dict[str, Any], unique_name: str, in_flight: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(collector_module, "GROUP_REQUESTS_IN_FLIGHT", in_flight)
     bootstrap = str(stack["KAFKA_BOOTSTRAP_SERVERS"])
     admin = AdminClient({"bootstrap.servers": bootstrap})
     topic = unique_name

@@ -76,10 +76,14 @@ def test_a_group_without_outbox_exports_no_expected_relays() -> None:
 
 
 def test_forget_group_drops_the_expected_relays() -> None:
-    metrics.export_expected_relays("shop", "forgotten", "orders", True, 4)
+    labels = ("shop", "forgotten", "orders")
+    metrics.groups.update(labels, metrics.GroupFigures(expected_relays=4))
     assert _expected("forgotten", "orders") == 4
-    metrics.export_expected_relays("shop", "forgotten", "orders", True, None)
+    metrics.groups.update(labels, metrics.GroupFigures(), relays_known=False)
     # No Deployment seen this time: the last figure holds.
     assert _expected("forgotten", "orders") == 4
-    metrics.forget_group("shop", "forgotten", "orders")
+    metrics.groups.update(labels, metrics.GroupFigures())  # spec.outbox removed
+    assert _expected("forgotten", "orders") is None
+    metrics.groups.update(labels, metrics.GroupFigures(expected_relays=2))
+    metrics.forget_group(labels)
     assert _expected("forgotten", "orders") is None
