@@ -482,9 +482,8 @@ def test_the_operators_partition_status_matches_burrows_table(case: BurrowCase) 
 @pytest.mark.parametrize("case", TABLE, ids=CASE_IDS)
 def test_the_operators_commit_window_matches_burrows_table(case: BurrowCase) -> None:
     # The window the controller keeps, loaded with Burrow's commits and broker offsets.
-    window = CommitWindow(intervals=len(case.offsets))
-    window.commits.extend(case.commits)
-    window.broker_offsets.extend(case.broker_offsets)
+    window = CommitWindow(intervals=len(case.offsets), commits=tuple(case.commits),
+                          broker_offsets=tuple(case.broker_offsets))
     result = window.evaluate(case.current_lag, case.time_now, case.allowed_lag)
     assert result.status == case.status
     assert window.status(case.current_lag, case.time_now, case.allowed_lag) == case.status

@@ -758,9 +758,10 @@ class KafkaConsumerGroupStatus(StatusModel):
 
 
 class ObjectMeta(BaseModel):
-    """The metadata fields the operator reads; the rest is kept as is."""
+    """The metadata fields the operator reads; the rest (managedFields above all) is not
+    kept: a parsed object lives in memory for every group the operator serves."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     namespace: str | None = None
@@ -823,9 +824,12 @@ def parse_kafka_consumer_group(body: Mapping[str, Any]) -> KafkaConsumerGroup:
     """Parse a whole CR body; raise InvalidKafkaConsumerGroup naming each bad field and fix.
 
     The apiserver already ran the same rules at admission; this catches objects stored
-    before a rule existed and gives handlers one typed object to work with.
+    before a rule existed and gives handlers one typed object to work with. The status is
+    left out (status stays None): it is the operator's own output, rendered afresh from
+    each check, and parsing it on every watch event would only cost time and memory.
     """
     try:
-        return KafkaConsumerGroup.model_validate(dict(body))
+        return KafkaConsumerGroup.model_validate(
+            {k: v for k, v in body.items() if k != "status"})
     except ValidationError as exc:
         raise InvalidKafkaConsumerGroup([_describe(e) for e in exc.errors()]) from None

@@ -59,9 +59,8 @@ Extensions, each off or neutral for every case of Burrow's table:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -325,7 +324,7 @@ def evaluate_group(
 # ------------------------------------------------------------ the operator's windows
 
 
-@dataclass
+@dataclass(slots=True)
 class CommitWindow:
     """Bounded commit history of one partition, fed once per sweep by the collector.
 
@@ -344,16 +343,18 @@ class CommitWindow:
 
     intervals: int = 10
     minimum_complete: float = 0.0
-    commits: deque[Commit] = field(init=False)
-    broker_offsets: deque[int] = field(init=False)
+    # Tuples, not deques: a deque allocates a 64-slot block, and an operator keeps one
+    # window per partition of every group (60 000 at 10 000 groups).
+    commits: tuple[Commit, ...] = ()
+    broker_offsets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.intervals < 1:
             raise ValueError("intervals must be at least 1")
         if not 0.0 <= self.minimum_complete <= 1.0:
             raise ValueError("minimum_complete must be between 0 and 1")
-        self.commits = deque(maxlen=self.intervals)
-        self.broker_offsets = deque(maxlen=self.intervals)
+        self.commits = self.commits[-self.intervals:]
+        self.broker_offsets = self.broker_offsets[-self.intervals:]
 
     def record(
         self,
@@ -363,13 +364,13 @@ class CommitWindow:
         owner_alive: bool = True,
     ) -> None:
         """Record one sweep's view of the partition."""
-        self.broker_offsets.append(end_offset)
+        self.broker_offsets = (*self.broker_offsets, end_offset)[-self.intervals:]
         if committed is None:
             return
         moved = not self.commits or self.commits[-1][0] != committed
         if moved or owner_alive:
             lag = max(0, end_offset - committed)
-            self.commits.append((committed, _ms(now_s), lag))
+            self.commits = (*self.commits, (committed, _ms(now_s), lag))[-self.intervals:]
 
     def evaluate(self, current_lag: int, now_s: float, allowed_lag: int = 0) -> PartitionStatus:
         """The partition's Burrow evaluation from this window (with extension E1)."""

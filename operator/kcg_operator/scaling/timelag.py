@@ -19,9 +19,8 @@ timestamp when it was read).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -109,24 +108,22 @@ def time_lag_seconds(points: Sequence[Point], committed: int | None, now_s: floa
     return max(0.0, now_s - when)
 
 
-@dataclass
+@dataclass(slots=True)
 class OffsetTimeTable:
     """The bounded (end offset, time) table of one partition; feed it once per sweep."""
 
     limit: int = DEFAULT_LIMIT
-    points: deque[Point] = field(init=False)
+    # A tuple, not a deque: one table per partition of every group (see CommitWindow).
+    points: tuple[Point, ...] = ()
 
     def __post_init__(self) -> None:
         if self.limit < 2:
             raise ValueError("limit must be at least 2 to interpolate")
-        self.points = deque(maxlen=self.limit)
 
     def add(self, end_offset: int, time_s: float) -> None:
         """Record the partition's end offset at ``time_s``."""
-        table = add_point(self.points, (end_offset, time_s), self.limit)
-        self.points.clear()
-        self.points.extend(table)
+        self.points = tuple(add_point(self.points, (end_offset, time_s), self.limit))
 
     def time_lag(self, committed: int | None, now_s: float) -> float | None:
         """Seconds behind for a group at ``committed``; see :func:`time_lag_seconds`."""
-        return time_lag_seconds(list(self.points), committed, now_s)
+        return time_lag_seconds(self.points, committed, now_s)
