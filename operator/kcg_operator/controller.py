@@ -40,7 +40,7 @@ from kcg_operator import metrics, reconciler
 from kcg_operator.api.models import KafkaConsumerGroup
 from kcg_operator.conditions import now_rfc3339
 from kcg_operator.kube import Kube
-from kcg_operator.registry import GroupObject, Key, Reconciled, Registry
+from kcg_operator.registry import DeploymentReplicas, GroupObject, Key, Reconciled, Registry
 from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
 from kcg_operator.scaling.contained import ContainedLagCollector
@@ -201,6 +201,8 @@ class Controller:
 
     def pass_once(self) -> None:
         self.last_pass = time.monotonic()
+        if self.leading():
+            self.kube.retry_events()
         objects = self.registry.objects()
         for gone in set(self.states) - set(objects):
             self._forget(self.states.pop(gone))
@@ -399,7 +401,8 @@ class Controller:
         assert kcg is not None
         state = self.states.setdefault(key, GroupState())
         lags, statuses = self._observe_partitions(state, obj, snap, stamps or {})
-        replicas = self._replicas(key, state)
+        seen = self.registry.deployment(key)  # one read: replicas and pods agree
+        replicas = self._replicas(state, seen)
         current, ready = replicas if replicas is not None else (None, None)
         decision: Decision | None = None
         if kcg.spec.scaling is not None and current is not None:
@@ -425,7 +428,7 @@ class Controller:
         if not self.leading():
             return
         self._transition_events(state, obj, snap, shared_with)
-        pods, pods_error = self._observe_pods(key, obj, state, replicas is not None)
+        pods, pods_error = self._observe_pods(key, obj, state, seen)
         observed = Observed(snap, lags, statuses, decision, current, ready, pods, pods_error,
                             shared_with)
         self._export_metrics(state, kcg, observed)
@@ -451,10 +454,10 @@ class Controller:
             statuses[tp] = window.status(p.lag, snap.time_s)
         return lags, statuses
 
-    def _replicas(self, key: Key, state: GroupState) -> tuple[int, int] | None:
+    @staticmethod
+    def _replicas(state: GroupState, seen: DeploymentReplicas | None) -> tuple[int, int] | None:
         """(spec.replicas, ready) of the Deployment: the watch's, unless it has not yet
         shown the patch this controller made (then the patched count)."""
-        seen = self.registry.deployment(key)
         if seen is None:
             return None
         if state.scaled_to is not None:
@@ -472,14 +475,13 @@ class Controller:
         return seen.wanted, seen.ready
 
     def _observe_pods(self, key: Key, obj: GroupObject, state: GroupState,
-                      has_deployment: bool) -> tuple[PodHealth | None, str | None]:
+                      seen: DeploymentReplicas | None) -> tuple[PodHealth | None, str | None]:
         """One LIST of the group's pods by the Deployment's selector, the verdict on them,
         and an Event when it turns unhealthy or recovers."""
         rec = obj.reconciled
-        if not has_deployment or rec is None or not rec.selector:
+        if seen is None or rec is None or not rec.selector:
             return None, None  # no Deployment, so no pods to ask about
-        seen = self.registry.deployment(key)
-        settled = seen and judge_by_deployment(seen.wanted, seen.ready, seen.pods)
+        settled = judge_by_deployment(seen.wanted, seen.ready, seen.pods)
         if settled:
             # All its pods ready, by the Deployment's own counts: no LIST (at 10 000
             # groups, one per group and check interval would load the apiserver most).

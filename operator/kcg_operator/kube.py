@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kcg_operator import metrics
 from kcg_operator.api.models import API_VERSION, GROUP, PLURAL, VERSION
@@ -42,6 +45,13 @@ def load_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+#: Events kept for another try while the apiserver cannot take them (a restarting one
+#: answers 503 or 429 for a while, or not at all); when full, the oldest are dropped.
+PENDING_EVENTS = 1000
+#: Answers after which the same Event may be taken later.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 class NotLeading(RuntimeError):
     """A write was refused because this replica does not hold the leader lease."""
 
@@ -56,6 +66,8 @@ class Kube:
         # Every write asks first: a standby replica (leader election) never writes, even
         # if a code path forgets to check.
         self.may_write = may_write
+        self._pending_events: deque[dict[str, Any]] = deque(maxlen=PENDING_EVENTS)
+        self._pending_lock = threading.Lock()
 
     def _wrote(self) -> None:
         if not self.may_write():
@@ -140,24 +152,60 @@ class Kube:
                 raise
 
     def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the KafkaConsumerGroup, like `kubectl describe` shows."""
+        """A core/v1 Event on the KafkaConsumerGroup, like `kubectl describe` shows. One the
+        apiserver cannot take now is kept and sent by `retry_events`, with its own time."""
         meta = involved["metadata"]
         now = now_rfc3339()
         self._wrote()
+        self._post_event({
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "kcg-operator"},
+            "reportingComponent": "kcg-operator", "reportingInstance": "kcg-operator",
+        })
+
+    def _post_event(self, event: dict[str, Any], keep: bool = True) -> bool:
+        """Post one Event; False when the apiserver could not take it (then it is kept
+        for a retry, if `keep`)."""
+        namespace = event["metadata"]["namespace"]
+        what = f"{event['reason']} on {namespace}/{event['involvedObject']['name']}"
         try:
             events: Any = self.core
-            events.create_namespaced_event(meta["namespace"], {
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
-                                   "name": meta["name"], "namespace": meta["namespace"],
-                                   "uid": meta.get("uid")},
-                "type": type_, "reason": reason, "message": message[:1024],
-                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                "source": {"component": "kcg-operator"},
-                "reportingComponent": "kcg-operator", "reportingInstance": "kcg-operator",
-            }, _request_timeout=TIMEOUT)
+            events.create_namespaced_event(namespace, event, _request_timeout=TIMEOUT)
+            return True
         except ApiException as exc:  # an Event is telling, never a reason to fail
             if "NamespaceTerminating" in str(exc.body or ""):
-                return  # the object goes with its namespace: nobody will read the Event
-            log.warning("could not post event %s on %s/%s: %s %s", reason, meta["namespace"],
-                        meta["name"], exc.status, exc.reason)
+                return True  # the object goes with its namespace: nobody will read it
+            if exc.status not in RETRYABLE_STATUSES:
+                log.warning("could not post event %s: %s %s", what, exc.status, exc.reason)
+                return True
+            problem = f"{exc.status} {exc.reason}"
+        except (HTTPError, OSError) as exc:  # no answer at all
+            problem = type(exc).__name__
+        if keep:
+            with self._pending_lock:
+                self._pending_events.append(event)
+            log.warning("event %s not taken (%s): kept for a retry", what, problem)
+        return False
+
+    def retry_events(self) -> int:
+        """Send the Events kept while the apiserver could not take them, oldest first,
+        until one is refused again (it and the rest stay). Returns how many went out."""
+        with self._pending_lock:
+            batch = list(self._pending_events)
+            self._pending_events.clear()
+        for sent, event in enumerate(batch):
+            try:
+                self._wrote()
+            except NotLeading:
+                return sent  # the new leader posts its own; a standby writes nothing
+            if not self._post_event(event, keep=False):
+                with self._pending_lock:  # back in front of any that came meanwhile
+                    self._pending_events = deque(
+                        [*batch[sent:], *self._pending_events], maxlen=PENDING_EVENTS)
+                return sent
+        return len(batch)

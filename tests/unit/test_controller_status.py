@@ -239,6 +239,9 @@ class _FakeKube:
     def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.statuses.append(status)
 
+    def retry_events(self) -> int:
+        return 0
+
 
 def _pulling_pod() -> dict[str, Any]:
     return {"metadata": {"name": "orders-7d9-abc", "creationTimestamp": "2026-01-01T00:00:00Z"},
