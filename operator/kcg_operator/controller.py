@@ -47,7 +47,7 @@ from kcg_operator.scaling.contained import ContainedLagCollector
 from kcg_operator.scaling.health import CommitWindow
 from kcg_operator.scaling.lag import PartitionKey
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
-from kcg_operator.scaling.timelag import OffsetTimeTable, Point
+from kcg_operator.scaling.timelag import EndOffsetHistory, Point
 from kcg_operator.status import (
     Observed,
     metric_figures,
@@ -88,7 +88,6 @@ class GroupState:
     next_poll: float = 0.0
     policy: PolicyState = field(default_factory=PolicyState)
     windows: dict[PartitionKey, CommitWindow] = field(default_factory=dict)  # Burrow
-    history: dict[PartitionKey, OffsetTimeTable] = field(default_factory=dict)  # time lag
     last_status: dict[str, Any] | None = None
     last_events: dict[str, str] = field(default_factory=dict)
     last_scale_time: str | None = None
@@ -105,14 +104,6 @@ class GroupState:
     secret_checked: float = 0.0  # when its spec.kafka.secretRef was last read for rotation
     force_apply: bool = False  # a ConfigMap or Deployment was deleted: apply even if unchanged
 
-    def note_offsets(self, snap: GroupSnapshot) -> dict[PartitionKey, tuple[Point, ...]]:
-        """Add this sweep's end offsets to the (end offset, time) history; a repeat of
-        the same sweep adds nothing. Returns the history as lag.partition_lags takes it."""
-        for tp, (end, _) in snap.offsets.items():
-            self.history.setdefault(tp, OffsetTimeTable()).add(end, snap.time_s)
-        for gone in set(self.history) - set(snap.offsets):
-            del self.history[gone]
-        return {tp: table.points for tp, table in self.history.items()}
 
 
 #: Longest Event message the apiserver keeps whole (kube.event cuts at this length).
@@ -170,6 +161,9 @@ class Controller:
         # their state until it is done).
         self._inflight: dict[ClusterKey, tuple[Future[None], frozenset[Key]]] = {}
         self._deferred: set[Key] = set()  # changed while their cluster's sweep was out
+        # Each cluster's (end offset, time) tables, shared by the groups on its partitions.
+        self._histories: dict[ClusterKey | None, EndOffsetHistory[PartitionKey]] = {}
+        self._histories_lock = threading.Lock()
         self.last_pass = time.monotonic()  # for the liveness probe
 
     def run(self, stop: threading.Event) -> None:
@@ -206,6 +200,7 @@ class Controller:
         objects = self.registry.objects()
         for gone in set(self.states) - set(objects):
             self._forget(self.states.pop(gone))
+        self._forget_histories({obj.cluster for obj in objects.values()})
         busy: set[Key] = set()
         for cluster, (future, keys) in list(self._inflight.items()):
             if future.done():
@@ -253,6 +248,27 @@ class Controller:
             self._inflight[cluster] = (future, frozenset(key for key, _ in groups))
             future.add_done_callback(lambda _: self.registry.wake.set())
 
+    def _note_offsets(self, cluster: ClusterKey | None,
+                      snap: GroupSnapshot) -> dict[PartitionKey, tuple[Point, ...]]:
+        """This sweep's end offsets into the cluster's shared (end offset, time) tables
+        (a repeat adds nothing); returns the group's tables as lag.partition_lags takes
+        them."""
+        with self._histories_lock:
+            history = self._histories.setdefault(cluster, EndOffsetHistory())
+            history.feed(snap.time_s, {tp: end for tp, (end, _) in snap.offsets.items()},
+                         seen_at=time.monotonic())
+            return history.of(snap.offsets)
+
+    def _forget_histories(self, clusters: set[ClusterKey | None]) -> None:
+        """Tables of clusters no group names any more, and of partitions nobody swept for
+        a while, go."""
+        now = time.monotonic()
+        with self._histories_lock:
+            for cluster in set(self._histories) - clusters:
+                del self._histories[cluster]
+            for history in self._histories.values():
+                history.forget_idle(now)
+
     def wait_for_sweeps(self, timeout: float | None = None) -> None:
         """Until the sweeps in flight are done (for tests and a clean stop)."""
         futures = [future for future, _ in self._inflight.values()]
@@ -288,7 +304,7 @@ class Controller:
             snap = snaps[obj.kcg.group_id].for_topics(obj.kcg.spec.topics)
             mine.append((key, obj, snap))
             if snap.broker_ok:
-                history = self.states[key].note_offsets(snap)
+                history = self._note_offsets(cluster, snap)
                 wanted += lagmath.positions_to_read(
                     snap.offsets, log_starts=snap.log_starts,
                     from_earliest=obj.starts_from_earliest, history=history)
@@ -440,7 +456,7 @@ class Controller:
         """Lag per partition (the one computation everything reads) and Burrow's verdicts."""
         if not snap.broker_ok:
             return {}, {}
-        history = state.note_offsets(snap)
+        history = self._note_offsets(obj.cluster, snap)
         lags = lagmath.partition_lags(
             snap.offsets, now_s=snap.time_s, log_starts=snap.log_starts,
             from_earliest=obj.starts_from_earliest, history=history, produced_at=stamps)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kcg_operator.scaling.timelag import (
+    EndOffsetHistory,
     OffsetTimeTable,
     add_point,
     produced_at,
@@ -107,3 +108,29 @@ def test_the_history_of_a_sweep_follows_the_topic() -> None:
     assert len(history["b"]) == 2  # a flat stretch stays one segment
     # A partition the sweep no longer sees is forgotten.
     assert set(updated(history, 100.0, {"a": 1000})) == {"a"}
+
+
+def test_groups_on_one_partition_share_one_table_fed_once_per_sweep() -> None:
+    shared: EndOffsetHistory[tuple[str, int]] = EndOffsetHistory(limit=10)
+    for sweep in range(5):
+        ends = {("orders", 0): sweep * 100, ("orders", 1): sweep * 50}
+        for _group in range(1000):  # every group's snapshot of the same sweep
+            shared.feed(float(sweep * 10), ends, seen_at=float(sweep))
+    assert len(shared.tables) == 2
+    assert shared.of([("orders", 0)]) == {("orders", 0): tuple(
+        (sweep * 100, float(sweep * 10)) for sweep in range(5))}
+    # A group reads only its own partitions' tables, and unknown ones are absent.
+    assert set(shared.of([("orders", 1), ("payments", 0)])) == {("orders", 1)}
+    # The same table as one group alone would have kept.
+    alone = OffsetTimeTable(limit=10)
+    for sweep in range(5):
+        alone.add(sweep * 100, float(sweep * 10))
+    assert shared.tables[("orders", 0)].points == alone.points
+
+
+def test_a_table_nobody_feeds_goes_after_the_idle_time() -> None:
+    shared: EndOffsetHistory[str] = EndOffsetHistory()
+    shared.feed(0.0, {"old": 1, "kept": 1}, seen_at=0.0)
+    shared.feed(5.0, {"kept": 2}, seen_at=500.0)
+    shared.forget_idle(now=650.0, idle_s=600.0)
+    assert set(shared.tables) == {"kept"} and set(shared.fed) == {"kept"}

@@ -19,9 +19,9 @@ timestamp when it was read).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -127,3 +127,39 @@ class OffsetTimeTable:
     def time_lag(self, committed: int | None, now_s: float) -> float | None:
         """Seconds behind for a group at ``committed``; see :func:`time_lag_seconds`."""
         return time_lag_seconds(self.points, committed, now_s)
+
+
+#: Seconds a partition's table is kept without being fed (its topic left every group).
+IDLE_TABLE_SECONDS = 600.0
+
+
+@dataclass
+class EndOffsetHistory(Generic[K]):
+    """The (end offset, time) tables of one cluster's partitions, fed by every sweep and
+    read by every group on them: a partition's end offsets are its topic's, not a group's,
+    so 10 000 groups on one topic share one table per partition instead of keeping 10 000.
+    Each table is a tuple replaced whole, so readers on other threads see a whole table."""
+
+    limit: int = DEFAULT_LIMIT
+    tables: dict[K, OffsetTimeTable] = field(default_factory=dict)
+    fed: dict[K, float] = field(default_factory=dict)
+
+    def feed(self, time_s: float, ends: Mapping[K, int], seen_at: float) -> None:
+        """A sweep saw end offsets ``ends`` at ``time_s`` (feeding the same twice adds
+        nothing); ``seen_at`` is the caller's clock, for :meth:`forget_idle`."""
+        for key, end in ends.items():
+            table = self.tables.get(key)
+            if table is None:
+                table = self.tables[key] = OffsetTimeTable(self.limit)
+            table.add(end, time_s)
+            self.fed[key] = seen_at
+
+    def of(self, keys: Iterable[K]) -> dict[K, tuple[Point, ...]]:
+        """The tables of ``keys``, as lag.partition_lags takes them."""
+        return {key: self.tables[key].points for key in keys if key in self.tables}
+
+    def forget_idle(self, now: float, idle_s: float = IDLE_TABLE_SECONDS) -> None:
+        """Drop the tables not fed for ``idle_s`` by ``now`` (the clock of ``seen_at``):
+        memory follows the topics."""
+        for key in [k for k, when in self.fed.items() if when < now - idle_s]:
+            del self.tables[key], self.fed[key]
