@@ -9,12 +9,11 @@ import signal
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client import REGISTRY
 
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, LagCollector
 from kcg_operator.scaling.contained import ContainedLagCollector
+from tests.integration.lag_support import topic_with_committed_groups
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +27,8 @@ def test_a_child_that_aborts_costs_one_sweep_and_is_replaced(
     stack: dict[str, Any], unique_name: str
 ) -> None:
     bootstrap = str(stack["KAFKA_BOOTSTRAP_SERVERS"])
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     topic = unique_name
-    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for p in range(3):
-        for _ in range(5 * (p + 1)):
-            producer.produce(topic, value=b"x", partition=p)
-    producer.flush(10)
-    groups = [f"{unique_name}-g{i}" for i in range(5)]
-    for i, g in enumerate(groups):
-        tps = [TopicPartition(topic, 0, i)]
-        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(g, tps)])[g].result()
+    groups = topic_with_committed_groups(bootstrap, topic, [5, 10, 15], list(range(5)))
     key = ClusterKey.of(bootstrap)
     requests = [GroupRequest(g, (topic,)) for g in groups]
 

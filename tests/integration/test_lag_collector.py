@@ -7,15 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in its __all__
     AdminClient,
     NewPartitions,
-    NewTopic,
 )
 
 from kcg_operator.scaling import collector as collector_module
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, LagCollector
+from tests.integration.lag_support import topic_with_committed_groups
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +27,11 @@ def test_one_client_sweeps_many_groups_and_notices_a_growing_topic(
 ) -> None:
     monkeypatch.setattr(collector_module, "GROUP_REQUESTS_IN_FLIGHT", in_flight)
     bootstrap = str(stack["KAFKA_BOOTSTRAP_SERVERS"])
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     topic = unique_name
-    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for p in range(3):
-        for i in range(10 * (p + 1)):
-            producer.produce(topic, value=b"x", partition=p, key=str(i))
-    producer.flush(10)
-    groups = [f"{unique_name}-g{i}" for i in range(40)]
-    for i, g in enumerate(groups):  # group i committed i messages on partition 0 (max 10)
-        tps = [TopicPartition(topic, 0, min(i, 10))]
-        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(g, tps)])[g].result()
-
+    # Group i committed i messages on partition 0 (at most 10, all there are).
+    groups = topic_with_committed_groups(bootstrap, topic, [10, 20, 30],
+                                         [min(i, 10) for i in range(40)])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     collector = LagCollector()
     key = ClusterKey.of(bootstrap)
     requests = [GroupRequest(g, (topic, "no-such-topic")) for g in groups]
