@@ -6,24 +6,18 @@ groups. promtool comes from Debian's prometheus package; helm from the stack's c
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.unit.chart_support import CHART, REPO, helm, render, run
+
 pytestmark = pytest.mark.unit
 
-# The stack's pinned helm, as the integration suite finds it (its KCG_HELM_BIN); the stack
-# need not be up. tests/conftest.py puts stack/ on sys.path.
-HELM_BIN: Path = importlib.import_module("localstack").HELM_BIN
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kcg-operator"
 RULES = CHART / "files" / "prometheus"
 RULE_FILES = sorted(RULES.glob("*.rules.yaml"))
 TEST_FILES = sorted((RULES / "tests").glob("*.yaml"))
@@ -44,20 +38,6 @@ def _promtool() -> str:
     return found
 
 
-def _helm() -> str:
-    # As tests/integration/conftest.py: the stack's pinned helm, else one on PATH.
-    pinned = HELM_BIN / "helm"
-    found = str(pinned) if pinned.is_file() else shutil.which("helm")
-    if found is None:
-        pytest.fail("helm not found: run `make setup`")
-    return found
-
-
-def _run(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
-
-
 def _groups(path: Path) -> list[dict[str, Any]]:
     doc = yaml.safe_load(path.read_text())
     assert isinstance(doc, dict) and set(doc) == {"groups"}, f"{path}: only `groups:` please"
@@ -72,12 +52,6 @@ def _file_groups() -> list[dict[str, Any]]:
 
 def _alerts() -> list[dict[str, Any]]:
     return [rule for group in _file_groups() for rule in group["rules"]]
-
-
-def _render(*args: str, release: str = "kcg-operator") -> list[dict[str, Any]]:
-    proc = _run(_helm(), "template", release, CHART, "--namespace", "ops", *args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
 def _prometheus_rule(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,12 +69,12 @@ def test_rule_files_exist() -> None:
 
 
 def test_promtool_check_rules() -> None:
-    proc = _run(_promtool(), "check", "rules", *RULE_FILES)
+    proc = run(_promtool(), "check", "rules", *RULE_FILES)
     assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}{proc.stderr}"
 
 
 def test_promtool_test_rules() -> None:
-    proc = _run(_promtool(), "test", "rules", *TEST_FILES)
+    proc = run(_promtool(), "test", "rules", *TEST_FILES)
     assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}{proc.stderr}"
     assert proc.stdout.count("SUCCESS") == len(TEST_FILES), proc.stdout
 
@@ -166,20 +140,21 @@ def test_promtool_tests_load_every_rule_file() -> None:
 
 
 def test_no_prometheus_rule_by_default() -> None:
-    assert not [d for d in _render() if d["kind"] == "PrometheusRule"]
+    assert not [d for d in render() if d["kind"] == "PrometheusRule"]
 
 
 def test_chart_renders_the_files_groups_unchanged() -> None:
     # Release "kcg-operator": its metrics Service, hence the ServiceMonitor's job, is
     # kcg-operator-metrics, the job the files name.
-    rule = _prometheus_rule(_render("--set", "prometheusRule.enabled=true"))
+    rule = _prometheus_rule(render("--set", "prometheusRule.enabled=true",
+                                   release="kcg-operator"))
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["namespace"] == "ops"
     assert rule["spec"]["groups"] == _file_groups()
 
 
 def test_chart_rewrites_jobs_runbooks_and_adds_labels(tmp_path: Path) -> None:
-    docs = _render("--set", "prometheusRule.enabled=true",
+    docs = render("--set", "prometheusRule.enabled=true",
                    "--set", "prometheusRule.labels.release=prom",
                    "--set", "prometheusRule.ruleLabels.team=platform",
                    "--set", "prometheusRule.ruleLabels.severity=ignored",
@@ -203,12 +178,12 @@ def test_chart_rewrites_jobs_runbooks_and_adds_labels(tmp_path: Path) -> None:
     # The rendered groups are still valid Prometheus rules.
     rendered = tmp_path / "rendered.rules.yaml"
     rendered.write_text(json.dumps({"groups": rule["spec"]["groups"]}))
-    proc = _run(_promtool(), "check", "rules", rendered)
+    proc = run(_promtool(), "check", "rules", rendered)
     assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}{proc.stderr}"
 
 
 def test_operator_job_can_be_set() -> None:
-    rule = _prometheus_rule(_render("--set", "prometheusRule.enabled=true",
+    rule = _prometheus_rule(render("--set", "prometheusRule.enabled=true",
                                     "--set", "prometheusRule.operatorJob=monitoring/kcg"))
     for name in ("KcgOperatorAbsent", "KcgOperatorNotLeading"):
         expr = next(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]
@@ -218,7 +193,7 @@ def test_operator_job_can_be_set() -> None:
 
 
 def test_helm_lint_strict_with_the_rules_on() -> None:
-    proc = _run(_helm(), "lint", "--strict", CHART, "--set", "prometheusRule.enabled=true",
+    proc = run(helm(), "lint", "--strict", CHART, "--set", "prometheusRule.enabled=true",
                 "--set", "prometheusRule.labels.release=prom")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -229,6 +204,6 @@ def test_helm_lint_strict_with_the_rules_on() -> None:
     ("prometheusRule.runbookBaseURL=wiki", "runbookBaseURL"),
 ])
 def test_values_schema_refuses_bad_prometheus_rule_values(setting: str, message: str) -> None:
-    proc = _run(_helm(), "template", "rel", CHART, "--set", setting)
+    proc = run(helm(), "template", "rel", CHART, "--set", setting)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr

@@ -8,41 +8,17 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.unit.chart_support import CHART, helm, render, run
 
 pytestmark = pytest.mark.unit
 
-HELM_BIN: Path = importlib.import_module("localstack").HELM_BIN
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kcg-operator"
 DASHBOARDS = sorted((CHART / "files" / "grafana").glob("*.json"))
 DASHBOARD = CHART / "files" / "grafana" / "kcg-operator.json"
 TEMPLATE = "templates/grafana-dashboard.yaml"
-
-
-def _helm() -> str:
-    pinned = HELM_BIN / "helm"
-    found = str(pinned) if pinned.is_file() else shutil.which("helm")
-    if found is None:
-        pytest.fail("helm not found: run `make setup`")
-    return found
-
-
-def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
-
-
-def _render(*args: str) -> list[dict[str, Any]]:
-    proc = _run(_helm(), "template", "rel", CHART, "--namespace", "ops", *args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 def _config_maps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -146,11 +122,11 @@ def test_burrow_status_panel_names_burrows_statuses() -> None:
 
 
 def test_no_dashboard_config_map_by_default() -> None:
-    assert not _config_maps(_render())
+    assert not _config_maps(render())
 
 
 def test_config_map_carries_the_files_unchanged_with_the_sidecar_label() -> None:
-    (cm,) = _config_maps(_render("--set", "grafana.dashboards.enabled=true"))
+    (cm,) = _config_maps(render("--set", "grafana.dashboards.enabled=true"))
     assert cm["metadata"]["namespace"] == "ops"
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert set(cm["data"]) == {p.name for p in DASHBOARDS}
@@ -160,7 +136,7 @@ def test_config_map_carries_the_files_unchanged_with_the_sidecar_label() -> None
 
 
 def test_label_namespace_and_annotations_can_be_set() -> None:
-    (cm,) = _config_maps(_render(
+    (cm,) = _config_maps(render(
         "--set", "grafana.dashboards.enabled=true",
         "--set", "grafana.dashboards.label=my.org/dashboard",
         "--set-string", "grafana.dashboards.labelValue=kafka",
@@ -176,7 +152,7 @@ def test_label_namespace_and_annotations_can_be_set() -> None:
 
 
 def test_helm_lint_strict_with_the_dashboards_on() -> None:
-    proc = _run(_helm(), "lint", "--strict", CHART, "--set", "grafana.dashboards.enabled=true")
+    proc = run(helm(), "lint", "--strict", CHART, "--set", "grafana.dashboards.enabled=true")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -187,6 +163,6 @@ def test_helm_lint_strict_with_the_dashboards_on() -> None:
     ("grafana.dashboards.labelValue=not valid", "labelValue"),
 ])
 def test_values_schema_refuses_bad_grafana_values(setting: str, message: str) -> None:
-    proc = _run(_helm(), "template", "rel", CHART, "--set", setting)
+    proc = run(helm(), "template", "rel", CHART, "--set", setting)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
