@@ -293,15 +293,25 @@ def die_with_parent() -> None:
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kcg-stack-spawner")
 
 
+def spawn(cmd: Sequence[str], log_path: Path, owned: bool,
+          as_user: pwd.struct_passwd | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server in its own session from the spawner thread (see _SPAWNER), its
+    output appended to `log_path`; `owned`: it dies with this process."""
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return _SPAWNER.submit(
+            subprocess.Popen, list(cmd), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_preexec(owned, as_user), cwd=cwd,
+        ).result()
+    finally:
+        log.close()
+
+
 def _start(name: str, cmd: Sequence[str], owned: bool, procs: list[Proc],
            as_user: pwd.struct_passwd | None = None, cwd: Path | None = None) -> None:
-    log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = _SPAWNER.submit(
-        subprocess.Popen, list(cmd), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_preexec(owned, as_user), cwd=cwd,
-    ).result()
-    log.close()
+    proc = spawn(cmd, STATE / "logs" / f"{name}.log", owned, as_user, cwd)
     procs.append(Proc(name, proc.pid))
     _save_pids(procs)
 

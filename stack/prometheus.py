@@ -371,15 +371,13 @@ def _start(discovery: KubernetesDiscovery, rule_files: Sequence[Path] | None,
     if check.returncode != 0:
         raise PrometheusError(f"promtool check config: {check.stdout}{check.stderr}")
     port = localstack.free_port()
-    log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
+    (directory / "prometheus.log").unlink(missing_ok=True)
+    # From localstack's spawner thread: the parent-death signal follows the thread that
+    # forked, and a test's short-lived thread may start it.
+    proc = localstack.spawn(
         [binary(), f"--config.file={cfg}", f"--storage.tsdb.path={directory / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=localstack.die_with_parent if owned else None,
-        start_new_session=not owned)
-    log.close()
+         "--log.level=warn"], directory / "prometheus.log", owned)
     prom = Prometheus(f"http://127.0.0.1:{port}", directory, proc, discovery)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
