@@ -189,13 +189,17 @@ def _load(bootstrap: str, topic: str, partitions: list[int], producer: Producer 
     return producer
 
 
-def _stepping_group(kubectl: Callable[..., Any], ns: str, name: str, topic: str,
-                    bootstrap: str, image: str) -> None:
+def _stepping_group(kubectl: Callable[..., Any], kube_api: client.ApiClient, ns: str,
+                    name: str, topic: str, bootstrap: str, image: str) -> None:
+    """A group that scales one replica per LAG_PER_REPLICA of lag, slow consumers; returns
+    once its Deployment runs at 1."""
     body = consumer_group_body(name, topic, bootstrap, image, maxReplicas=PARTITIONS,
                                lagPerReplica=LAG_PER_REPLICA, pollIntervalSeconds=1,
                                scaleDownStabilizationSeconds=300)
     body["spec"]["template"]["spec"]["containers"][0]["args"] = ["--rate", str(RATE)]
     kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(body))
+    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=60,
+               what="the Deployment at 1")
 
 
 def _non_decreasing(values: list[int]) -> bool:
@@ -218,9 +222,7 @@ def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
     t = topic(PARTITIONS)
     name = f"kr-{t[2:]}"
     bootstrap = cluster["KAFKA_BOOTSTRAP_SERVERS"]
-    _stepping_group(kubectl, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
-    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=60,
-               what="the Deployment at 1")
+    _stepping_group(kubectl, kube_api, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
     producer = _load(bootstrap, t, [0, 1, 2])
     eventually(lambda: _spec_replicas(kube_api, ns, name) == 3, timeout=40,
                what="the scale-up to 3 (three loaded partitions)")
@@ -557,9 +559,7 @@ def test_leader_sigkill_mid_scale_loses_no_decision_and_makes_none_twice(
     t = topic(PARTITIONS)
     name = f"lk-{t[2:]}"
     bootstrap = cluster["KAFKA_BOOTSTRAP_SERVERS"]
-    _stepping_group(kubectl, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
-    eventually(lambda: _spec_replicas(kube_api, ns, name) == 1, timeout=60,
-               what="the Deployment at 1")
+    _stepping_group(kubectl, kube_api, ns, name, t, cluster["SPEC_BOOTSTRAP"], examples_image)
     try:
         with sampling(lambda: _spec_replicas(kube_api, ns, name)) as replicas:
             producer = _load(bootstrap, t, [0, 1])
