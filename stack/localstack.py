@@ -886,13 +886,7 @@ def restart(name: str, sig: int | None = None, pause: float = 0.0,
                 os.waitpid(old.pid, os.WNOHANG)  # reap it when it is our child
             time.sleep(0.05)
         time.sleep(pause)
-        log = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        new = _SPAWNER.submit(  # not from this thread: see _SPAWNER
-            subprocess.Popen, cmd, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_preexec(owned, as_user), cwd=cwd,
-        ).result()
-        log.close()
+        new = spawn(cmd, STATE / "logs" / f"{name}.log", owned, as_user, Path(cwd))
         procs[index] = Proc(name, new.pid)
         _save_pids(procs)
     finally:
