@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +103,6 @@ class GroupState:
     retry_at: float = 0.0
     secret_checked: float = 0.0  # when its spec.kafka.secretRef was last read for rotation
     force_apply: bool = False  # a ConfigMap or Deployment was deleted: apply even if unchanged
-
 
 
 #: Longest Event message the apiserver keeps whole (kube.event cuts at this length).
@@ -249,15 +248,24 @@ class Controller:
             future.add_done_callback(lambda _: self.registry.wake.set())
 
     def _note_offsets(self, cluster: ClusterKey | None,
-                      snap: GroupSnapshot) -> dict[PartitionKey, tuple[Point, ...]]:
-        """This sweep's end offsets into the cluster's shared (end offset, time) tables
-        (a repeat adds nothing); returns the group's tables as lag.partition_lags takes
-        them."""
+                      snaps: Iterable[GroupSnapshot]) -> None:
+        """One sweep's end offsets into the cluster's shared (end offset, time) tables,
+        once per partition however many groups read it (a repeat adds nothing)."""
+        answered = [snap for snap in snaps if snap.broker_ok]
+        if not answered:
+            return
+        ends = {tp: end for snap in answered for tp, (end, _) in snap.offsets.items()}
         with self._histories_lock:
             history = self._histories.setdefault(cluster, EndOffsetHistory())
-            history.feed(snap.time_s, {tp: end for tp, (end, _) in snap.offsets.items()},
-                         seen_at=time.monotonic())
-            return history.of(snap.offsets)
+            # A sweep's snapshots share its time (the collector's, taken once per sweep).
+            history.feed(answered[0].time_s, ends, seen_at=time.monotonic())
+
+    def _history_of(self, cluster: ClusterKey | None,
+                    snap: GroupSnapshot) -> dict[PartitionKey, tuple[Point, ...]]:
+        """The group's partitions' tables, as lag.partition_lags takes them."""
+        with self._histories_lock:
+            history = self._histories.get(cluster)
+            return history.of(snap.offsets) if history is not None else {}
 
     def _forget_histories(self, clusters: set[ClusterKey | None]) -> None:
         """Tables of clusters no group names any more, and of partitions nobody swept for
@@ -297,6 +305,7 @@ class Controller:
         snaps = self.collector.sweep(cluster, requests, auth=auth)
         metrics.kafka_up.labels(cluster.bootstrap_servers).set(
             int(any(s.broker_ok for s in snaps.values())))
+        self._note_offsets(cluster, snaps.values())
         mine: list[tuple[Key, GroupObject, GroupSnapshot]] = []
         wanted: list[tuple[PartitionKey, int]] = []
         for key, obj in groups:
@@ -304,7 +313,7 @@ class Controller:
             snap = snaps[obj.kcg.group_id].for_topics(obj.kcg.spec.topics)
             mine.append((key, obj, snap))
             if snap.broker_ok:
-                history = self._note_offsets(cluster, snap)
+                history = self._history_of(cluster, snap)
                 wanted += lagmath.positions_to_read(
                     snap.offsets, log_starts=snap.log_starts,
                     from_earliest=obj.starts_from_earliest, history=history)
@@ -456,7 +465,7 @@ class Controller:
         """Lag per partition (the one computation everything reads) and Burrow's verdicts."""
         if not snap.broker_ok:
             return {}, {}
-        history = self._note_offsets(obj.cluster, snap)
+        history = self._history_of(obj.cluster, snap)
         lags = lagmath.partition_lags(
             snap.offsets, now_s=snap.time_s, log_starts=snap.log_starts,
             from_earliest=obj.starts_from_earliest, history=history, produced_at=stamps)
