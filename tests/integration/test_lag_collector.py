@@ -47,8 +47,14 @@ def test_one_client_sweeps_many_groups_and_notices_a_growing_topic(
     admin.create_partitions([NewPartitions(topic, 5)])[topic].result()
     # The broker's metadata shows the new partitions to a client that never saw the topic;
     # the collector, which cached nothing, sees them at its next sweep.
-    _until(lambda: len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(
-        topic, timeout=5).topics[topic].partitions) == 5, "the broker to report 5 partitions")
+    # ... once each new partition has a leader: before that, its end offset cannot be read
+    # and the sweep rightly reports the group's offsets as unknown.
+    def grown_and_led() -> bool:
+        parts = AdminClient({"bootstrap.servers": bootstrap}).list_topics(
+            topic, timeout=5).topics[topic].partitions
+        return len(parts) == 5 and all(p.leader >= 0 for p in parts.values())
+
+    _until(grown_and_led, "the broker to report 5 partitions, each with a leader")
     grown = collector.sweep(key, requests[:1])[groups[0]]
     assert grown.partitions == 5, "a topic that grows is noticed within one sweep"
     assert collector.clusters == 1
