@@ -79,21 +79,20 @@ class Kube:
         """Server-side apply of a ConfigMap or Deployment we own (we win conflicts on the
         fields we manage; other managers keep theirs)."""
         meta = obj["metadata"]
+        # The answer as raw JSON: building the client's model of a Deployment and turning
+        # it back into a dict cost more CPU than the call (10 000 of them at start-up).
         kw: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-                              "_content_type": APPLY, "_request_timeout": TIMEOUT}
+                              "_content_type": APPLY, "_request_timeout": TIMEOUT,
+                              "_preload_content": False}
         self._wrote()
-        result: Any
+        api: Any
         if obj["kind"] == "ConfigMap":
-            result = self.core.patch_namespaced_config_map(
-                meta["name"], meta["namespace"], dict(obj), **kw)
+            api = self.core.patch_namespaced_config_map
         elif obj["kind"] == "Deployment":
-            result = self.apps.patch_namespaced_deployment(
-                meta["name"], meta["namespace"], dict(obj), **kw)
+            api = self.apps.patch_namespaced_deployment
         else:
             raise ValueError(f"cannot apply kind {obj['kind']}")
-        out: dict[str, Any] = self.api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            result)
-        return out
+        return _json(api(meta["name"], meta["namespace"], dict(obj), **kw))
 
     def deployment_replicas(self, namespace: str, name: str) -> tuple[int, int] | None:
         """(spec.replicas, status.readyReplicas) of a Deployment, None when it is absent."""
@@ -112,12 +111,9 @@ class Kube:
         filtered by the apiserver. Raw JSON because building the client's model objects
         for every pod, every check, would cost more than the call itself."""
         core: Any = self.core  # with _preload_content=False it returns the raw response
-        response = core.list_namespaced_pod(namespace, label_selector=label_selector,
-                                            _preload_content=False, _request_timeout=TIMEOUT)
-        try:
-            items = json.loads(response.data).get("items") or []
-        finally:
-            response.release_conn()
+        items = _json(core.list_namespaced_pod(namespace, label_selector=label_selector,
+                                               _preload_content=False,
+                                               _request_timeout=TIMEOUT)).get("items") or []
         return [item for item in items if isinstance(item, dict)]
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
@@ -174,8 +170,9 @@ class Kube:
         namespace = event["metadata"]["namespace"]
         what = f"{event['reason']} on {namespace}/{event['involvedObject']['name']}"
         try:
-            events: Any = self.core
-            events.create_namespaced_event(namespace, event, _request_timeout=TIMEOUT)
+            events: Any = self.core  # the answer is not read: no model built for it
+            events.create_namespaced_event(namespace, event, _request_timeout=TIMEOUT,
+                                           _preload_content=False).release_conn()
             return True
         except ApiException as exc:  # an Event is telling, never a reason to fail
             if "NamespaceTerminating" in str(exc.body or ""):
@@ -209,3 +206,12 @@ class Kube:
                         [*batch[sent:], *self._pending_events], maxlen=PENDING_EVENTS)
                 return sent
         return len(batch)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    """The JSON of a raw (``_preload_content=False``) answer; its connection goes back."""
+    try:
+        out: dict[str, Any] = json.loads(response.data)
+    finally:
+        response.release_conn()
+    return out

@@ -141,7 +141,10 @@ def apply(kube: Kube, registry: Registry, key: Key, body: Mapping[str, Any],
     kcg, generation = prepared.kcg, (body.get("metadata") or {}).get("generation")
     name = deployment_name(kcg)
     with registry.workload_lock(key):  # the scaler must not change replicas in between
-        current = kube.deployment_replicas(key[0], name)
+        # Only a scaled group keeps the replicas it has; without spec.scaling they follow
+        # spec.replicas and the read would go unused (one GET per object at start-up).
+        current = (kube.deployment_replicas(key[0], name) if kcg.spec.scaling is not None
+                   else None)
         replicas = initial_replicas(kcg, None if current is None else current[0])
         deployment = dict(prepared.workload.deployment)
         deployment["spec"] = {**deployment["spec"], "replicas": replicas}

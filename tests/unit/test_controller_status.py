@@ -329,6 +329,13 @@ def test_deployment_pods_are_known_once_its_controller_observed_the_spec() -> No
     assert deployment_pods({"metadata": {"generation": 5},
                             "status": {"observedGeneration": 4, "replicas": 3}}) is None
     assert deployment_pods({"metadata": {"generation": 1}}) is None  # not yet observed
+    # Wanting none with none counted (or never counted): none, observed or not.
+    assert deployment_pods({"metadata": {"generation": 1}, "spec": {"replicas": 0}}) == 0
+    assert deployment_pods({"metadata": {"generation": 5}, "spec": {"replicas": 0},
+                            "status": {"observedGeneration": 4}}) == 0
+    # Scaled to zero from 3, not yet observed: the 3 may still be there.
+    assert deployment_pods({"metadata": {"generation": 5}, "spec": {"replicas": 0},
+                            "status": {"observedGeneration": 4, "replicas": 3}}) is None
 
 
 def test_no_deployment_means_no_pod_list() -> None:

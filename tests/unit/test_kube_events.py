@@ -29,11 +29,19 @@ class _Events:
         self.taken: list[dict[str, Any]] = []
 
     def create_namespaced_event(self, namespace: str, body: dict[str, Any],
-                                **_: Any) -> None:
+                                **_: Any) -> _Answer:
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
             raise answer
         self.taken.append(body)
+        return _Answer()
+
+
+class _Answer:
+    """The raw answer (urllib3's response): the Kube client only hands its connection back."""
+
+    def release_conn(self) -> None:
+        pass
 
 
 def _kube(leader: list[bool] | None = None) -> tuple[Kube, _Events]:

@@ -104,12 +104,19 @@ class PodHealth:
 def deployment_pods(deployment: Mapping[str, Any]) -> int | None:
     """status.replicas of a Deployment (its pods not terminating), once its controller has
     observed the current spec; None before (the counts may be an older spec's). The field
-    is left out at zero."""
+    is left out at zero.
+
+    One exception: a Deployment that wants no pods and whose controller last counted none
+    (or never counted: just created) has none, whatever the generation, since its
+    controller only removes pods on the way to zero. At start-up every such group would
+    otherwise cost a pod LIST before the controller catches up (thousands of them)."""
     meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
     generation = meta.get("generation")
+    counted = int(status.get("replicas") or 0)
     if generation is None or status.get("observedGeneration") != generation:
-        return None
-    return int(status.get("replicas") or 0)
+        wanted = (deployment.get("spec") or {}).get("replicas")
+        return 0 if wanted == 0 and counted == 0 else None
+    return counted
 
 
 def judge_by_deployment(wanted: int, ready: int, pods: int | None) -> PodHealth | None:
