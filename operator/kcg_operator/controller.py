@@ -62,6 +62,7 @@ from kcg_operator.workload.pod_health import (
     judge_pods,
 )
 from kcg_operator.workload.render import deployment_name
+from kcg_operator.written_status import WrittenStatus
 
 log = logging.getLogger(__name__)
 #: Clusters swept at once. Each cluster has at most one sweep in flight and the loop never
@@ -88,7 +89,7 @@ class GroupState:
     next_poll: float = 0.0
     policy: PolicyState = field(default_factory=PolicyState)
     windows: dict[PartitionKey, CommitWindow] = field(default_factory=dict)  # Burrow
-    last_status: dict[str, Any] | None = None
+    written: WrittenStatus | None = None  # the status this replica wrote last
     last_events: dict[str, str] = field(default_factory=dict)
     last_scale_time: str | None = None
     metric_labels: tuple[str, str, str] | None = None
@@ -388,7 +389,7 @@ class Controller:
         state.workload_generation = (body.get("metadata") or {}).get("generation")
         state.retry_at, state.applied = 0.0, False
         state.secret_checked = time.time()
-        prepared = reconciler.prepare(self.kube, key, body, self.relay_image)
+        prepared = reconciler.prepare(self.kube, key, obj, self.relay_image)
         if isinstance(prepared, reconciler.Prepared) and self.leading():
             unchanged = (None if state.force_apply
                          else reconciler.up_to_date(self.registry, key, body, prepared))
@@ -605,11 +606,11 @@ class Controller:
             return
         state = self.states.setdefault(key, GroupState())
         # Until this replica has written it, the status is what the last leader wrote.
-        last = state.last_status if state.last_status is not None else obj.body.get("status")
-        previous = (last or {}).get("conditions") or []
-        scaled = state.last_scale_time or (obj.body.get("status") or {}).get("lastScaleTime")
-        status = render_status(obj, observed, previous, scaled)
-        if status == last:
+        last = state.written or obj.status
+        scaled = state.last_scale_time or (last.last_scale_time if last else None)
+        status = render_status(obj, observed, last.conditions if last else (), scaled)
+        written = WrittenStatus.of(status)
+        if last is not None and written.digest == last.digest:
             return
         self.kube.apply_status(key[0], key[1], status)
-        state.last_status = status
+        state.written = written

@@ -1,4 +1,4 @@
-"""The workload of one KafkaConsumerGroup: parse, read its Secret, render, apply.
+"""The workload of one KafkaConsumerGroup: read its Secret, render, apply.
 
 Called by the controller loop (kcg_operator.controller), which decides *when*: a new
 generation, a retry that is due, a Deployment or ConfigMap deleted by hand, or this replica
@@ -15,13 +15,9 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kcg_operator.api.models import (
-    InvalidKafkaConsumerGroup,
-    KafkaConsumerGroup,
-    parse_kafka_consumer_group,
-)
+from kcg_operator.api.models import KafkaConsumerGroup
 from kcg_operator.kube import Kube
-from kcg_operator.registry import Key, Reconciled, Registry
+from kcg_operator.registry import GroupObject, Key, Reconciled, Registry
 from kcg_operator.scaling.collector import ClusterKey
 from kcg_operator.workload.consumer_config import ConsumerConfigError
 from kcg_operator.workload.pod_health import deployment_pods
@@ -73,14 +69,12 @@ class Refused:
     retry: bool
 
 
-def prepare(kube: Kube, key: Key, body: Mapping[str, Any], relay_image: str) -> Prepared | Refused:
-    """Parse, read the referenced Secret, render. Reads only."""
-    namespace = key[0]
-    generation = (body.get("metadata") or {}).get("generation")
-    try:
-        kcg = parse_kafka_consumer_group(body)
-    except InvalidKafkaConsumerGroup as exc:
-        return Refused(None, Reconciled(generation, False, "InvalidSpec", str(exc)), retry=False)
+def prepare(kube: Kube, key: Key, obj: GroupObject, relay_image: str) -> Prepared | Refused:
+    """Read the referenced Secret, render (the spec was parsed by the watch). Reads only."""
+    namespace, generation, kcg = key[0], obj.generation, obj.kcg
+    if kcg is None:
+        message = obj.invalid or "the spec does not parse"
+        return Refused(None, Reconciled(generation, False, "InvalidSpec", message), retry=False)
     auth: dict[str, str] | None = None
     secret_ref = kcg.spec.kafka.secret_ref
     if secret_ref is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from kcg_operator.api.models import KafkaConsumerGroup
 from kcg_operator.scaling.collector import ClusterKey
+from kcg_operator.written_status import WrittenStatus
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -33,9 +34,18 @@ class Reconciled:
     selector: str | None = None
 
 
+#: The metadata the controller reads (generation, deletion) or names in an Event.
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
+
+
 @dataclass(frozen=True)
 class GroupObject:
-    """One KafkaConsumerGroup as the handlers last saw and reconciled it."""
+    """One KafkaConsumerGroup as the handlers last saw and reconciled it.
+
+    Of the watched body only its identity and metadata.generation are kept: the spec lives
+    on as ``kcg`` (or ``invalid``), the status as ``status``. At 10 000 objects the whole
+    bodies were the operator's largest datum (about 10 KB each), and what they pinned of
+    the watch's decoded JSON kept its memory from going back."""
 
     body: Mapping[str, Any]
     kcg: KafkaConsumerGroup | None  # None: the spec does not parse
@@ -45,6 +55,19 @@ class GroupObject:
     # Where a consumer starts on a partition the group never committed (auto.offset.reset):
     # with earliest, that partition's whole retained log is lag.
     starts_from_earliest: bool = False
+    invalid: str | None = None  # why the spec does not parse, when kcg is None
+    # The status the apiserver showed last (what the last leader wrote), for the next write.
+    status: WrittenStatus | None = None
+
+    def __post_init__(self) -> None:
+        if self.body.get("status"):
+            object.__setattr__(self, "status", WrittenStatus.of(self.body["status"]))
+        object.__setattr__(self, "body", _slim(self.body))
+
+    @property
+    def generation(self) -> int | None:
+        generation: int | None = self.body["metadata"].get("generation")
+        return generation
 
 
 @dataclass(frozen=True)
@@ -73,14 +96,16 @@ class Registry:
 
     # -- written by the handlers --------------------------------------------------------
 
-    def seen(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None) -> None:
-        """A watch event: the object's latest body, keeping what was reconciled."""
-        body = _kept(body)
+    def seen(self, key: Key, body: Mapping[str, Any], kcg: KafkaConsumerGroup | None,
+             invalid: str | None = None) -> None:
+        """A watch event: the object's latest body (and its spec parsed, or why it does not
+        parse), keeping what was reconciled."""
         with self._lock:
             old = self._objects.get(key)
-            self._objects[key] = (GroupObject(body, kcg) if old is None
-                                  else replace(old, body=body, kcg=kcg))
-            changed = old is None or _generation(old.body) != _generation(body)
+            new = (GroupObject(body, kcg, invalid=invalid) if old is None
+                   else replace(old, body=body, kcg=kcg, invalid=invalid))
+            self._objects[key] = new
+            changed = old is None or old.generation != new.generation
             if changed:
                 self._dirty.add(key)
         if changed:  # a new spec: the controller reconciles it now, not at its next poll
@@ -91,7 +116,6 @@ class Registry:
                    auth: Mapping[str, str] | None = None,
                    starts_from_earliest: bool | None = None) -> None:
         """The reconciler's outcome; the controller looks at the object at once."""
-        body = _kept(body)
         with self._lock:
             old = self._objects.get(key) or GroupObject(body, kcg)
             self._objects[key] = replace(
@@ -176,15 +200,8 @@ class Registry:
             return len(self._objects)
 
 
-def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The body as kept for every object: without metadata.managedFields, which nothing
-    here reads and which can be most of an object's size (memory at 10 000 objects)."""
-    kept = dict(body)
-    meta = kept.get("metadata")
-    if isinstance(meta, Mapping) and "managedFields" in meta:
-        kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-    return kept
-
-
-def _generation(body: Mapping[str, Any]) -> Any:
-    return (body.get("metadata") or {}).get("generation")
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Identity and KEPT_METADATA of a body, in new containers (none of the watch's)."""
+    meta = body.get("metadata") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}

@@ -5,6 +5,10 @@ controller loop (kcg_operator.controller), which alone writes (the workload, rep
 status, Events), and only on the replica that leads. kopf itself writes nothing: no
 state-changing handlers means no progress annotations, finalizers or diff-bases, so a
 standby replica can watch everything and stay silent.
+
+They are coroutines although they only take the registry's lock for a moment: kopf runs a
+plain function in its thread pool, one thread hop per watch event (tens of thousands at
+start-up with thousands of objects).
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ from kcg_operator.workload.pod_health import deployment_pods
 from kcg_operator.workload.render import WORKLOAD_HASH_ANNOTATION
 
 
-def _parse_or_none(body: Any) -> KafkaConsumerGroup | None:
+def _parsed(body: Any) -> tuple[KafkaConsumerGroup | None, str | None]:
+    """The object's spec parsed, or why it does not parse (the InvalidSpec message)."""
     try:
-        return parse_kafka_consumer_group(body)
-    except InvalidKafkaConsumerGroup:
-        return None
+        return parse_kafka_consumer_group(body), None
+    except InvalidKafkaConsumerGroup as exc:
+        return None, str(exc)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
+async def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
           memo: Any, **_: Any) -> None:
     """Keep the registry in step with the apiserver, including deletions."""
     registry = runtime.of(memo).registry
@@ -43,11 +48,11 @@ def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | Non
     if event["type"] == "DELETED":
         registry.remove(key)
         return
-    registry.seen(key, body, _parse_or_none(body))
+    registry.seen(key, body, *_parsed(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={GROUP_LABEL: kopf.PRESENT})
-def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
+async def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
                      memo: Any, **_: Any) -> None:
     """Current and ready replicas of our Deployments, without a read per sweep."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
@@ -63,7 +68,7 @@ def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | Non
 
 
 @kopf.on.event("", "v1", "configmaps", labels={GROUP_LABEL: kopf.PRESENT})
-def track_configmap(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
+async def track_configmap(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
                     memo: Any, **_: Any) -> None:
     """A consumer ConfigMap deleted by hand is put back by the leader's next pass."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
