@@ -82,7 +82,7 @@ RECONCILE_BATCH = 200
 Stamps = Mapping[tuple[PartitionKey, int], float]
 
 
-@dataclass
+@dataclass(slots=True)
 class GroupState:
     """What the controller remembers of one group between checks; only it touches this."""
 

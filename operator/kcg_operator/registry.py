@@ -38,7 +38,7 @@ class Reconciled:
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GroupObject:
     """One KafkaConsumerGroup as the handlers last saw and reconciled it.
 

@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+#: What a condition's successor reads of it (kcg_operator.conditions.condition): the
+#: transition time carries over while the status holds.
+CARRIED = ("type", "status", "lastTransitionTime")
 
 
 @dataclass(frozen=True, slots=True)
 class WrittenStatus:
     digest: bytes
-    conditions: tuple[Mapping[str, Any], ...]
+    conditions: tuple[Mapping[str, Any], ...]  # each with the CARRIED keys only
     last_scale_time: str | None
 
     @classmethod
     def of(cls, status: Mapping[str, Any]) -> WrittenStatus:
-        return cls(digest(status), tuple(status.get("conditions") or ()),
-                   status.get("lastScaleTime"))
+        return cls(digest(status), tuple(
+            {k: sys.intern(v) if k != "lastTransitionTime" and isinstance(v, str) else v
+             for k, v in c.items() if k in CARRIED}
+            for c in status.get("conditions") or () if isinstance(c, Mapping)),
+            status.get("lastScaleTime"))
 
 
 def digest(status: Mapping[str, Any]) -> bytes:
