@@ -227,12 +227,26 @@ def apiserver_mutations(state: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def operator_metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+class Scrape:
+    """One scrape of the operator's /metrics: how long it took, how big it was, and the
+    first sample of each metric name (the unlabelled counters read here)."""
+
+    def __init__(self, port: int) -> None:
+        started = time.perf_counter()
+        # Prometheus gives up after its scrape timeout (10 s by default); the benchmark
+        # waits longer so that a slow endpoint is measured, not lost.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=180) as r:
+            text = r.read()
+        self.seconds = time.perf_counter() - started
+        self.megabytes = len(text) / 1e6
+        self.values: dict[str, float] = {}
+        for line in text.decode().splitlines():
+            if line and not line.startswith("#"):
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                self.values.setdefault(name, float(line.rsplit(" ", 1)[1]))
+
+    def __getitem__(self, name: str) -> float:
+        return self.values.get(name, 0.0)
 
 
 def _is_ready(obj: dict[str, Any]) -> bool:
@@ -369,7 +383,7 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
                 break
             time.sleep(2)
         time.sleep(15)  # let the last sweeps settle
-        w0 = operator_metric(metrics_port, "kcg_api_writes_total")
+        w0 = Scrape(metrics_port)["kcg_api_writes_total"]
         m0 = apiserver_mutations(state)
         window_start = datetime.datetime.now(datetime.UTC)
         stop, changes = threading.Event(), Counter[str]()
@@ -379,7 +393,8 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
         time.sleep(steady_seconds)
         stop.set()
         watcher.join(10)
-        w1 = operator_metric(metrics_port, "kcg_api_writes_total")
+        end = Scrape(metrics_port)
+        w1 = end["kcg_api_writes_total"]
         m1 = apiserver_mutations(state)
         delta = {k: v - m0.get(k, 0.0) for k, v in m1.items() if v - m0.get(k, 0.0) > 0}
         print("apiserver mutations in the steady window, by verb/resource:",
@@ -388,9 +403,9 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
         print(f"status changes in the steady window: {dict(changes.most_common(8))}",
               file=sys.stderr)
         for name in ("kcg_kafka_request_errors_total", "kcg_kafka_client_restarts_total"):
-            print(f"{name} at the end: {operator_metric(metrics_port, name)}", file=sys.stderr)
-        sweep_sum = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_sum")
-        sweep_count = operator_metric(metrics_port, "kcg_lag_sweep_duration_seconds_count")
+            print(f"{name} at the end: {end[name]}", file=sys.stderr)
+        sweep_sum = end["kcg_lag_sweep_duration_seconds_sum"]
+        sweep_count = end["kcg_lag_sweep_duration_seconds_count"]
         return {
             "create_seconds": round(create_s, 1),
             "all_ready_seconds": round(all_ready_s, 1),
@@ -401,6 +416,8 @@ def run_operator(api: client.ApiClient, state: dict[str, Any], bootstrap: str, n
             "apiserver_mutations_per_min_all_clients": round(
                 sum(delta.values()) * 60 / steady_seconds, 1),
             "operator_mean_sweep_seconds": round(sweep_sum / max(sweep_count, 1), 3),
+            "metrics_scrape_seconds": round(end.seconds, 2),
+            "metrics_scrape_mb": round(end.megabytes, 1),
         }
     finally:
         op.terminate()
@@ -467,6 +484,8 @@ def main() -> int:
         ("API mutations/min, steady state (apiserver, all clients)",
          str(op["apiserver_mutations_per_min_all_clients"]), "-"),
         ("time until every object is Ready (s)", str(op["all_ready_seconds"]), "-"),
+        ("one scrape of the operator's /metrics (s / MB)",
+         f"{op['metrics_scrape_seconds']} / {op['metrics_scrape_mb']}", "-"),
     ]
     print(f"\nbench-sweep: {args.objects} KafkaConsumerGroups, {TOPICS} topics x {PARTITIONS} "
           "partitions, one broker (Kafka 4.1.1), kube-apiserver v1.34.4, 2 cores\n")
@@ -485,6 +504,8 @@ def main() -> int:
         "apiserver_mutations_per_min_all_clients": op["apiserver_mutations_per_min_all_clients"],
         "all_ready_seconds": op["all_ready_seconds"],
         "operator_mean_sweep_seconds": op["operator_mean_sweep_seconds"],
+        "metrics_scrape_seconds": op["metrics_scrape_seconds"],
+        "metrics_scrape_mb": op["metrics_scrape_mb"],
         "baseline_objects": baseline_objects,
         "baseline_sweep_seconds": round(base_s, 3),
         "baseline_broker_connections": base_conns,
