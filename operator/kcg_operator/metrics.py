@@ -12,10 +12,14 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 GROUP_LABELS = ("namespace", "name", "group")
 
@@ -201,8 +205,77 @@ class GroupGauges(Collector):
         yield from per_group
 
 
+    def exposition(self) -> str:
+        """Every group's samples in Prometheus's text format (0.0.4), written directly.
+        The same samples as `collect`, but at 10 000 groups (about 300 000 series)
+        building prometheus_client's sample objects and formatting them took longer than
+        a scrape may (Prometheus gives up after 10 s by default)."""
+        with self._lock:
+            groups = list(self._groups.items())
+        lag: list[str] = []
+        seconds: list[str] = []
+        status: list[str] = []
+        per_group: list[list[str]] = [[] for _ in _GROUP_GAUGES]
+        for labels, figures in groups:
+            base = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(GROUP_LABELS, labels,
+                                                                   strict=True))
+            for p in figures.partitions:
+                series = f'{{{base},topic="{_escape(p.topic)}",partition="{p.partition}"}} '
+                lag.append(series + _value(p.lag))
+                if p.seconds is not None:
+                    seconds.append(series + _value(p.seconds))
+                if p.status is not None:
+                    status.append(series + _value(p.status))
+            for lines, (_, _, field_) in zip(per_group, _GROUP_GAUGES, strict=True):
+                value = getattr(figures, field_)
+                if value is not None:
+                    lines.append(f"{{{base}}} {_value(value)}")
+        out: list[str] = []
+        for family, lines in zip(self._families(), (lag, seconds, status, *per_group),
+                                 strict=True):
+            help_ = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+            out.append(f"# HELP {family.name} {help_}\n# TYPE {family.name} gauge\n")
+            out.extend(f"{family.name}{line}\n" for line in lines)
+        return "".join(out)
+
+
+def _value(value: float) -> str:
+    """A sample's value as prometheus_client writes it."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _escape(label_value: str) -> str:
+    return label_value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 groups = GroupGauges()
-REGISTRY.register(groups)
+#: The per-group gauges as a prometheus_client registry, for tests and tools; /metrics
+#: (`serve`) writes them with `GroupGauges.exposition` after the process's own metrics.
+GROUP_REGISTRY = CollectorRegistry()
+GROUP_REGISTRY.register(groups)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """/metrics (any path, as prometheus_client's server): the process's metrics, then
+    every group's gauges; text format 0.0.4, which Prometheus takes whatever it asks for."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(REGISTRY) + groups.exposition().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a line per scrape would drown the operator's log
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="kcg-metrics", daemon=True).start()
+    return server
 
 
 def forget_group(labels: GroupLabels) -> None:

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Sequence
 
 import kopf
-import prometheus_client
+
+from kcg_operator import metrics
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def main(argv: Sequence[str]) -> int:
     from kcg_operator.runtime import LeaderElection, OperatorMemo
 
     if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
+        metrics.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
         standalone=True,

@@ -351,7 +351,10 @@ def test_no_deployment_means_no_pod_list() -> None:
 def _sample(metric: str, **labels: str) -> float | None:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(metric, labels)
+    from kcg_operator.metrics import GROUP_REGISTRY
+
+    found = REGISTRY.get_sample_value(metric, labels)
+    return found if found is not None else GROUP_REGISTRY.get_sample_value(metric, labels)
 
 
 def test_status_metrics_and_policy_read_one_lag_per_partition() -> None:
@@ -418,6 +421,8 @@ def _scaled_object(name: str = "orders") -> GroupObject:
 def test_a_deleted_group_leaves_no_series_behind() -> None:
     from prometheus_client import REGISTRY
 
+    from kcg_operator.metrics import GROUP_REGISTRY
+
     kube = _FakeKube()
     registry = Registry()
     registry.deployment_seen(("shop", "gone"), (1, 1))
@@ -427,8 +432,8 @@ def test_a_deleted_group_leaves_no_series_behind() -> None:
     assert kube.scaled, "scaled, so a scale-event series exists too"
 
     def series() -> list[str]:
-        return [s.name for m in REGISTRY.collect() for s in m.samples
-                if s.labels.get("name") == "gone"]
+        return [s.name for m in (*REGISTRY.collect(), *GROUP_REGISTRY.collect())
+                for s in m.samples if s.labels.get("name") == "gone"]
 
     assert "kcg_scale_events_total" in series() and "kcg_consumergroup_group_lag" in series()
     ctl.pass_once()  # the registry no longer has the object
@@ -526,17 +531,17 @@ def test_refused_credentials_are_named_in_ready() -> None:
 
 
 def test_a_replica_that_stops_leading_drops_its_group_metrics() -> None:
-    from prometheus_client import REGISTRY
+    from kcg_operator.metrics import GROUP_REGISTRY
 
     kube = _FakeKube()
     ctl = _controller(kube, replicas=(1, 1))
     kube.pods = [_running_pod()]
     ctl.evaluate(("shop", "orders"), _ready_object(), _snap())
     labels = {"namespace": "shop", "name": "orders", "group": "orders"}
-    assert REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) == 0
+    assert GROUP_REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) == 0
     kube.leader = False
     ctl.demoted()
-    assert REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) is None
+    assert GROUP_REGISTRY.get_sample_value("kcg_consumergroup_group_sum_lag", labels) is None
 
 
 def test_a_watch_event_older_than_the_patch_does_not_make_the_decision_twice() -> None:

@@ -8,11 +8,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from kcg_operator import metrics
 from kcg_operator.api.models import parse_kafka_consumer_group
 from kcg_operator.controller import Controller
+from kcg_operator.metrics import GROUP_REGISTRY
 from kcg_operator.registry import Registry
 from kcg_operator.status import GroupObject
 from tests.unit.test_controller_status import _body, _FakeKube, _ready_object, _snap
@@ -24,7 +24,7 @@ EXPECTED = "kcg_outbox_expected_relays"
 
 def _expected(name: str, group: str | None = None) -> float | None:
     """The series of KafkaConsumerGroup shop/`name` (group id: its name unless given)."""
-    return REGISTRY.get_sample_value(EXPECTED, {"namespace": "shop", "name": name,
+    return GROUP_REGISTRY.get_sample_value(EXPECTED, {"namespace": "shop", "name": name,
                                                 "group": group or name})
 
 
@@ -56,7 +56,7 @@ def test_expected_relays_follow_the_deployment_and_go_with_the_outbox_or_the_gro
     registry.deployment_seen(key, (2, 2))
     ctl.evaluate(key, _object("relays", outbox=False), _snap())  # spec.outbox removed
     assert _expected("relays") is None
-    assert REGISTRY.get_sample_value("kcg_current_replicas", {
+    assert GROUP_REGISTRY.get_sample_value("kcg_current_replicas", {
         "namespace": "shop", "name": "relays", "group": "relays"}) == 2
 
     ctl.evaluate(key, _object("relays", outbox=True), _snap())
