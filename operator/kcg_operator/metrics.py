@@ -204,7 +204,6 @@ class GroupGauges(Collector):
         yield status
         yield from per_group
 
-
     def exposition(self) -> str:
         """Every group's samples in Prometheus's text format (0.0.4), written directly.
         The same samples as `collect`, but at 10 000 groups (about 300 000 series)

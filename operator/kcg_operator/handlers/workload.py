@@ -41,7 +41,7 @@ def _parsed(body: Any) -> tuple[KafkaConsumerGroup | None, str | None]:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
-          memo: Any, **_: Any) -> None:
+                memo: Any, **_: Any) -> None:
     """Keep the registry in step with the apiserver, including deletions."""
     registry = runtime.of(memo).registry
     key = (namespace or "", name)
@@ -53,7 +53,7 @@ async def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str
 
 @kopf.on.event("apps", "v1", "deployments", labels={GROUP_LABEL: kopf.PRESENT})
 async def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
-                     memo: Any, **_: Any) -> None:
+                           memo: Any, **_: Any) -> None:
     """Current and ready replicas of our Deployments, without a read per sweep."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
     if not owner:
@@ -69,7 +69,7 @@ async def track_deployment(body: kopf.Body, event: kopf.RawEvent, namespace: str
 
 @kopf.on.event("", "v1", "configmaps", labels={GROUP_LABEL: kopf.PRESENT})
 async def track_configmap(body: kopf.Body, event: kopf.RawEvent, namespace: str | None,
-                    memo: Any, **_: Any) -> None:
+                          memo: Any, **_: Any) -> None:
     """A consumer ConfigMap deleted by hand is put back by the leader's next pass."""
     owner = body.metadata.get("labels", {}).get(GROUP_LABEL)
     if owner:
