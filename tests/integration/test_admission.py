@@ -109,6 +109,10 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
                                                "table": "out box; drop"}),
      ["spec.outbox.table"]),
     ("outbox-without-secret", _with("spec/outbox", {}), ["spec.outbox.databaseSecretRef"]),
+    ("outbox-with-scale-to-zero", {**VALID, "spec": {
+        **VALID["spec"], "outbox": {"databaseSecretRef": {"name": "db"}},
+        "scaling": {"minReplicas": 0, "scaleToZero": {"enabled": True}}}},
+     ["spec.scaling.scaleToZero.enabled", "remove spec.outbox"]),
 ]
 # The rules the README names below its table ("also enforced by the apiserver").
 UNLISTED: list[tuple[str, dict[str, Any], list[str]]] = [

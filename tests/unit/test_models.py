@@ -231,6 +231,12 @@ BAD_INPUTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         _set("spec/outbox", {"databaseSecretRef": {"name": "db"}, "table": "a b"}),
         "spec.outbox.table",
     ),
+    (
+        "outbox with scaleToZero",
+        lambda b: b["spec"].update(outbox={"databaseSecretRef": {"name": "db"}},
+                                   scaling={"minReplicas": 0, "scaleToZero": {"enabled": True}}),
+        "scaleToZero.enabled must be false with spec.outbox",
+    ),
     ("name too long", _set("metadata/name", "x" * 64), "metadata.name"),
 ]
 

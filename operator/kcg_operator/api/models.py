@@ -280,6 +280,14 @@ ZERO_NEEDS_SCALE_TO_ZERO_RULE: Final = CelRule(
     "minReplicas to 1 or more, or set scaleToZero.enabled: true",
     ".minReplicas",
 )
+OUTBOX_NOT_AT_ZERO_RULE: Final = CelRule(
+    "!has(self.outbox) || !has(self.scaling) || !has(self.scaling.scaleToZero) || "
+    "!self.scaling.scaleToZero.enabled",
+    "spec.scaling.scaleToZero.enabled must be false with spec.outbox: the outbox relay runs "
+    "in the consumer pods, so at zero replicas nothing publishes the outbox's events; "
+    "disable scaleToZero (minReplicas 1 or more), or remove spec.outbox",
+    ".scaling.scaleToZero.enabled",
+)
 TEMPLATE_HAS_CONTAINER_RULE: Final = CelRule(
     "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
     "spec.template.spec.containers must hold at least one container (with name and image): "
@@ -471,7 +479,8 @@ class KafkaConsumerGroupSpec(ApiModel):
     """A Kafka consumer application and how the operator runs it."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel_rules(GROUP_ID_IMMUTABLE_RULE, *CLASSIC_ONLY_RULES)
+        json_schema_extra=cel_rules(GROUP_ID_IMMUTABLE_RULE, OUTBOX_NOT_AT_ZERO_RULE,
+                                    *CLASSIC_ONLY_RULES)
     )
 
     group_id: str | None = Field(
@@ -581,6 +590,13 @@ class KafkaConsumerGroupSpec(ApiModel):
         if problems:
             raise ValueError("; ".join(problems))
         return template
+
+    @model_validator(mode="after")
+    def _outbox_not_at_zero(self) -> KafkaConsumerGroupSpec:
+        if self.outbox is not None and self.scaling is not None and \
+                self.scaling.scale_to_zero.enabled:
+            raise ValueError(OUTBOX_NOT_AT_ZERO_RULE.message)
+        return self
 
 
 
