@@ -216,10 +216,13 @@ class GroupGauges(Collector):
         status: list[str] = []
         per_group: list[list[str]] = [[] for _ in _GROUP_GAUGES]
         for labels, figures in groups:
-            base = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(GROUP_LABELS, labels,
-                                                                   strict=True))
+            # Label names in prometheus_client's order (sorted), so the text is the same
+            # byte for byte: group, name, namespace, then partition, topic.
+            group, name, namespace = (_escape(labels[GROUP_LABELS.index(k)])
+                                      for k in ("group", "name", "namespace"))
+            base = f'group="{group}",name="{name}",namespace="{namespace}"'
             for p in figures.partitions:
-                series = f'{{{base},topic="{_escape(p.topic)}",partition="{p.partition}"}} '
+                series = f'{{{base},partition="{p.partition}",topic="{_escape(p.topic)}"}} '
                 lag.append(series + _value(p.lag))
                 if p.seconds is not None:
                     seconds.append(series + _value(p.seconds))

@@ -147,6 +147,8 @@ def test_the_direct_exposition_has_the_samples_prometheus_client_would_write(
     registry.register(gauges)
     direct = gauges.exposition()
     assert _samples(direct) == _samples(generate_latest(registry).decode())
+    # Byte for byte, so a script that greps the text finds what it found before.
+    assert direct == generate_latest(registry).decode()
     # One HELP/TYPE per family, however many groups.
     assert direct.count("# TYPE kcg_consumergroup_group_lag gauge") == 1
 
