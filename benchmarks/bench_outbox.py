@@ -268,8 +268,12 @@ def _producer(bootstrap: str, failures: list[KafkaError]) -> Producer:
 
 
 def _stop_event() -> threading.Event:
+    """Set on SIGTERM, from another thread: a handler that set it itself could deadlock
+    when the signal lands while the main thread holds its lock inside stop.wait (see
+    kcg_operator.outbox.relay.stop_on_signal)."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set,
+                                                              daemon=True).start())
     return stop
 
 

@@ -113,3 +113,34 @@ def test_example_ddl_is_what_init_schema_creates() -> None:
     assert example.endswith(table_ddl("outbox", "outbox_dead_letter")), (
         "examples/outbox/schema.sql is stale: regenerate its DDL with `kcg relay --print-schema`"
     )
+
+
+def test_a_signal_that_lands_inside_the_relays_sleep_stops_it_without_deadlock() -> None:
+    """Python runs a signal handler in the main thread, possibly while that thread holds
+    the lock of the Event the relay sleeps on (inside Event.wait). Here a thread plays the
+    main thread: it holds that lock while the handler runs. A handler that stopped the
+    relay itself (Event.set takes the same lock) never returned."""
+    import signal as signals
+    import threading
+
+    from kcg_operator.outbox.relay import stop_on_signal
+
+    class Sleeper:
+        def __init__(self) -> None:
+            self.stopped = threading.Event()
+
+        def stop(self) -> None:
+            self.stopped.set()
+
+    relay = Sleeper()
+    handler = stop_on_signal(relay)
+
+    def main_thread_inside_wait() -> None:
+        with relay.stopped._cond:  # type: ignore[attr-defined]  # what Event.wait holds
+            handler(signals.SIGTERM, None)
+
+    main = threading.Thread(target=main_thread_inside_wait, daemon=True)
+    main.start()
+    main.join(5)
+    assert not main.is_alive(), "the signal handler deadlocked on the relay's own Event"
+    assert relay.stopped.wait(5), "the relay was not stopped"

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Final
+from typing import Final, Protocol
 
 import psycopg
 from confluent_kafka import KafkaException
@@ -371,6 +371,24 @@ class Relay:
 # ---------------------------------------------------------------------- command line
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def stop_on_signal(relay: Stoppable) -> Callable[[int, FrameType | None], None]:
+    """The SIGTERM/SIGINT handler: stops the relay from another thread. Python runs a
+    handler in the main thread between two bytecodes, possibly while that thread holds the
+    lock of the very Event the relay sleeps on (inside Event.wait); stopping from the
+    handler itself (Event.set takes that lock) then deadlocked the relay for good (seen in
+    CI: a SIGTERMed relay still running ten minutes later)."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the round in flight", signal.Signals(signum).name)
+        threading.Thread(target=relay.stop, name="kcg-relay-stop", daemon=True).start()
+
+    return on_signal
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kcg relay",
@@ -434,10 +452,7 @@ def main(argv: list[str]) -> int:
         log.error("cannot listen on %s:%d: %s", config.metrics_address, config.metrics_port, exc)
         return 2
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: finishing the round in flight", signal.Signals(signum).name)
-        relay.stop()
-
+    on_signal = stop_on_signal(relay)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("relaying %s to %s (topic %s), health on :%d",
