@@ -12,14 +12,16 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+
+from kcg_operator import http_endpoint
+from kcg_operator.http_endpoint import Answer
 
 GROUP_LABELS = ("namespace", "name", "group")
 
@@ -262,22 +264,11 @@ def serve(port: int, address: str = "0.0.0.0") -> ThreadingHTTPServer:
     """/metrics (any path, as prometheus_client's server): the process's metrics, then
     every group's gauges; text format 0.0.4, which Prometheus takes whatever it asks for."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = generate_latest(REGISTRY) + groups.exposition().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(_path: str) -> Answer:
+        body = generate_latest(REGISTRY) + groups.exposition().encode()
+        return 200, body, CONTENT_TYPE_PLAIN_0_0_4
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # a line per scrape would drown the operator's log
-
-    server = ThreadingHTTPServer((address, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="kcg-metrics", daemon=True).start()
-    return server
+    return http_endpoint.serve(answer, address, port, "kcg-metrics")
 
 
 def forget_group(labels: GroupLabels) -> None:

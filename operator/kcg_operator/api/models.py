@@ -599,7 +599,6 @@ class KafkaConsumerGroupSpec(ApiModel):
         return self
 
 
-
 def consumer_config_problems(config: Mapping[str, str]) -> list[str]:
     """Why `spec.consumerConfig` is refused, one message per key (empty: accepted)."""
     problems: list[str] = []

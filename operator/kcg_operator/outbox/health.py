@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kcg_operator import http_endpoint
+from kcg_operator.http_endpoint import Answer
 from kcg_operator.outbox.metrics import RelayMetrics
 
 LIVENESS_SECONDS: Final = 60.0
@@ -95,40 +97,22 @@ class Health:
         self.update(heartbeat=self.clock())
 
 
-def _handler(health: Health, metrics: RelayMetrics) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                metrics.ready.set(1 if readiness(health.snapshot())[0] else 0)
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-                return
-            if path == "/healthz":
-                ok, body = liveness(health.snapshot(), health.clock())
-            elif path == "/readyz":
-                ok, body = readiness(health.snapshot())
-            else:
-                self._send(404, b"not found\n", "text/plain")
-                return
-            self._send(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
+def _answer(health: Health, metrics: RelayMetrics) -> Callable[[str], Answer]:
+    def answer(path: str) -> Answer:
+        if path == "/metrics":
+            metrics.ready.set(1 if readiness(health.snapshot())[0] else 0)
+            return 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            ok, body = liveness(health.snapshot(), health.clock())
+        elif path == "/readyz":
+            ok, body = readiness(health.snapshot())
+        else:
+            return 404, b"not found\n", "text/plain"
+        return 200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json"
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # probes every few seconds would drown the relay's own log
-
-    return Handler
+    return answer
 
 
 def serve(health: Health, metrics: RelayMetrics, address: str, port: int) -> ThreadingHTTPServer:
     """Start the HTTP endpoint in a daemon thread; returns the server (its port if 0)."""
-    server = ThreadingHTTPServer((address, port), _handler(health, metrics))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="kcg-relay-http", daemon=True)
-    thread.start()
-    return server
+    return http_endpoint.serve(_answer(health, metrics), address, port, "kcg-relay-http")
