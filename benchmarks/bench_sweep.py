@@ -7,8 +7,10 @@ group's committed offsets and the partitions' end offsets; every object's scale 
 concurrently. The baseline runs in a child process, so its memory is measured on its own.
 
 Measured:
-- one full lag sweep of all groups, with the operator's collector (one shared admin client)
-  and with one client per object, all objects at once;
+- one full lag sweep of all groups, with the operator's collector (the Kafka protocol,
+  many groups per request, one connection per broker), with librdkafka's admin client
+  shared by all groups (one request per group: the operator's road for settings its own
+  client does not speak), and with one client per object, all objects at once;
 - open TCP connections to the broker while each is in use;
 - the operator's RSS and its broker connections once it serves every object;
 - API writes per minute in steady state (nothing changes), counted by the operator and,
@@ -53,8 +55,10 @@ from kcg_operator.scaling.collector import (  # noqa: E402
     LATEST,
     ClusterKey,
     GroupRequest,
+    LagCollector,
 )
 from kcg_operator.scaling.contained import ContainedLagCollector  # noqa: E402
+from kcg_operator.scaling.kafka_wire import WireLagCollector  # noqa: E402
 
 TOPICS, PARTITIONS = 10, 6
 
@@ -141,8 +145,8 @@ def prepare_kafka(bootstrap: str, run: str, objects: int) -> tuple[list[str], li
     return topics, groups
 
 
-def time_shared_sweep(bootstrap: str, requests: list[GroupRequest]) -> tuple[float, int]:
-    collector = ContainedLagCollector(timeout_s=30)  # as the operator runs it
+def time_shared_sweep(bootstrap: str, requests: list[GroupRequest],
+                      collector: LagCollector) -> tuple[float, int]:
     key = ClusterKey.of(bootstrap)
     # Connect and warm up first (steady-state sweeps reuse the client): a broker that has
     # just taken 10 000 groups' commits timed out a whole first sweep here twice, which the
@@ -458,8 +462,15 @@ def main() -> int:
         print(f"preparing {args.objects} groups with committed offsets ...", file=sys.stderr)
         topics, groups = prepare_kafka(bootstrap, run, args.objects)
         requests = [GroupRequest(g, (topics[i % TOPICS],)) for i, g in enumerate(groups)]
-        shared_s, shared_conns = time_shared_sweep(bootstrap, requests)
-        print(f"shared sweep {shared_s:.3f}s; per-object sweep ...", file=sys.stderr)
+        # As the operator sweeps (the Kafka protocol, many groups per request), and as it
+        # does for settings that protocol client does not speak (librdkafka's admin client,
+        # one request per group, in a child process).
+        shared_s, shared_conns = time_shared_sweep(bootstrap, requests,
+                                                   WireLagCollector(timeout_s=30))
+        librdkafka_s, _ = time_shared_sweep(bootstrap, requests,
+                                            ContainedLagCollector(timeout_s=30))
+        print(f"shared sweep {shared_s:.3f}s (librdkafka {librdkafka_s:.3f}s); "
+              "per-object sweep ...", file=sys.stderr)
         baseline_objects = min(args.baseline_objects, len(requests))
         baseline = time_per_object_sweep(bootstrap, requests[:baseline_objects])
         base_s, base_conns = baseline["seconds"], baseline["connections"]
@@ -474,6 +485,7 @@ def main() -> int:
 
     rows = [
         ("one full lag sweep (s)", f"{shared_s:.3f}", f"{base_s:.3f}"),
+        ("one full lag sweep, librdkafka admin client (s)", f"{librdkafka_s:.3f}", "-"),
         ("broker connections during sweeps", str(shared_conns), str(base_conns)),
         ("operator broker connections (serving all)", str(op["operator_broker_connections"]),
          "-"),
@@ -497,6 +509,7 @@ def main() -> int:
     print(json.dumps({
         "objects": args.objects,
         "sweep_seconds": round(shared_s, 3),
+        "librdkafka_sweep_seconds": round(librdkafka_s, 3),
         "broker_connections": op["operator_broker_connections"],
         "sweep_broker_connections": shared_conns,
         "rss_mb": op["rss_mb"],

@@ -43,8 +43,8 @@ from kcg_operator.kube import Kube
 from kcg_operator.registry import DeploymentReplicas, GroupObject, Key, Reconciled, Registry
 from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, GroupSnapshot, LagCollector
-from kcg_operator.scaling.contained import ContainedLagCollector
 from kcg_operator.scaling.health import CommitWindow
+from kcg_operator.scaling.kafka_wire import WireLagCollector
 from kcg_operator.scaling.lag import PartitionKey
 from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
 from kcg_operator.scaling.timelag import EndOffsetHistory, Point
@@ -149,7 +149,7 @@ class Controller:
         self.check_interval_s = check_interval_s
         self.pod_ready_grace_s = pod_ready_grace_s
         # librdkafka's admin client can hang or abort the process: it runs in a child.
-        self.collector = collector or ContainedLagCollector()
+        self.collector = collector or WireLagCollector()
         self.states: dict[Key, GroupState] = {}
         self._pool = ThreadPoolExecutor(max_workers=SWEEP_WORKERS,
                                         thread_name_prefix="kcg-sweep")

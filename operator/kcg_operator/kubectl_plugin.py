@@ -4,8 +4,8 @@ Installed as the ``kubectl-kcg`` executable, so kubectl runs it as a plugin. It 
 KafkaConsumerGroup with the user's kubeconfig, then asks Kafka directly, through the
 operator's own code, so its numbers are the operator's numbers:
 
-- offsets, members and the assignor: :class:`LagCollector.sweep
-  <kcg_operator.scaling.collector.LagCollector>` (the snapshot the operator's
+- offsets, members and the assignor: :class:`WireLagCollector.sweep
+  <kcg_operator.scaling.kafka_wire.WireLagCollector>` (the snapshot the operator's
   rebalance-compliance check reads), with the credentials of the Secret named by
   ``spec.kafka.secretRef`` passed the way the operator passes them;
 - lag and seconds behind: :func:`lag.partition_lags <kcg_operator.scaling.lag>`, with the
@@ -50,6 +50,7 @@ from kcg_operator.scaling.collector import (
     LagCollector,
     Member,
 )
+from kcg_operator.scaling.kafka_wire import WireLagCollector
 from kcg_operator.scaling.lag import PartitionKey, PartitionLag
 from kcg_operator.scaling.timelag import OffsetTimeTable
 from kcg_operator.workload.consumer_config import (
@@ -446,7 +447,7 @@ def run_describe(args: argparse.Namespace, out: IO[str],
         target = load_target(api, args.namespace or context_namespace, args.name)
     finally:
         api.close()
-    sampler = Sampler(target, LagCollector(timeout_s=args.request_timeout))
+    sampler = Sampler(target, WireLagCollector(timeout_s=args.request_timeout))
     for _ in range(args.samples - 1):
         # Only the verdicts need these sweeps; timestamps are read for the shown frame.
         if not sampler.sample(read_timestamps=False).snap.broker_ok:

@@ -1,15 +1,20 @@
-"""Lag collection: one shared Kafka admin client per cluster, batched across all groups.
+"""Lag collection: what a sweep returns (GroupSnapshot), how one is assembled from the
+broker's answers, and the librdkafka road to those answers.
 
-KEDA opens a client per ScaledObject and degrades around a few hundred objects. Here a
-sweep of one cluster costs one metadata request, one batched ListOffsets for every
-partition of every watched topic, one DescribeGroups for every group, and one OffsetFetch
-per group, each kind all in flight at once. Topic metadata is re-read every sweep, so a
-topic that grows is noticed within one sweep.
+A sweep of one cluster covers every group the operator watches there: topic metadata
+(re-read every sweep, so a topic that grows is noticed within one sweep), end offsets of
+every partition, each group's description and committed offsets, and the log start of
+partitions a group never committed on. Two clients make those requests:
 
-DescribeGroups goes first and OffsetFetch only to groups whose coordinator answered it (see
-`LagCollector.sweep` for the librdkafka crash this avoids): two round trips per sweep.
+- `kafka_wire.WireLagCollector`, the operator's: the Kafka protocol itself, many groups
+  per request (KIP-709), one connection per broker;
+- `LagCollector` here: librdkafka's admin client, which asks one group per DescribeGroups
+  and per OffsetFetch. The operator uses it (in a child process, `contained`) for the
+  settings its own client does not speak; `produced_at` (message timestamps) is always
+  librdkafka's consumer.
 
-This module is the I/O edge: it returns plain snapshots; health and policy are pure
+Both hand their answers to `assemble`, so a snapshot means the same whichever client made
+it. This module is the I/O edge: it returns plain snapshots; health and policy are pure
 functions elsewhere.
 """
 
@@ -206,6 +211,10 @@ class LagCollector:
     def clusters(self) -> int:
         return len(self._clients)
 
+    def close(self) -> None:
+        """Nothing is released: destroying a librdkafka admin client can abort the process
+        (see `contained`); in-process clients live as long as the process."""
+
     def sweep(
         self, key: ClusterKey, groups: Iterable[GroupRequest],
         auth: Mapping[str, str] | None = None,
@@ -256,20 +265,13 @@ class LagCollector:
             else:
                 ends[(tp.topic, tp.partition)] = outcome.offset
 
-        out: dict[str, GroupSnapshot] = {}
-        for g in requests:
-            if g.group_id in failures:
-                out[g.group_id] = GroupSnapshot(g.group_id, now, False,
-                                                f"describe group: {failures[g.group_id]}")
-                continue
-            broken = [failed_topics[t] for t in g.topics if t in failed_topics]
-            if broken:
-                out[g.group_id] = GroupSnapshot(g.group_id, now, False,
-                                                f"list offsets: {'; '.join(broken)}")
-                continue
-            out[g.group_id] = self._group_snapshot(
-                g, now, counts, ends, committed.get(g.group_id), described[g.group_id]
-            )
+        for outcome in committed.values():
+            if isinstance(outcome, Exception):
+                self.requests_failed += 1
+        out = assemble(requests, now, counts, ends, failed_topics, failures,
+                       {g: _description(d) for g, d in described.items()},
+                       {g: c if isinstance(c, Exception) else _committed(c)
+                        for g, c in committed.items()})
         self._add_log_starts(key, admin, out.values())
         return out
 
@@ -356,8 +358,7 @@ class LagCollector:
                         snaps: Iterable[GroupSnapshot]) -> None:
         """Log start offsets of never-committed partitions, one batched request: a group
         that starts from earliest has the whole retained log (not offset 0) ahead of it."""
-        wanted = {tp for s in snaps if s.broker_ok
-                  for tp, (_, committed) in s.offsets.items() if committed is None}
+        wanted = never_committed(snaps)
         if not wanted:
             return
         futures = admin.list_offsets({TopicPartition(t, p): EARLIEST for t, p in wanted},
@@ -369,9 +370,7 @@ class LagCollector:
                 self.requests_failed += 1
             else:
                 starts[(tp.topic, tp.partition)] = outcome.offset
-        for s in snaps:
-            s.log_starts.update({tp: starts[tp] for tp, (_, c) in s.offsets.items()
-                                 if c is None and tp in starts})
+        add_log_starts(snaps, starts)
 
     def produced_at(
         self, key: ClusterKey, wanted: Iterable[tuple[tuple[str, int], int]],
@@ -447,32 +446,90 @@ class LagCollector:
                 reader.unassign()
         return found
 
-    def _group_snapshot(
-        self, g: GroupRequest, now: float, counts: Mapping[str, int],
-        ends: Mapping[tuple[str, int], int], committed: Any, desc: Any,
-    ) -> GroupSnapshot:
+
+@dataclass(frozen=True)
+class Description:
+    """What DescribeGroups (or ConsumerGroupDescribe) said about one group."""
+
+    state: str | None  # Kafka's name upper-cased: STABLE, EMPTY, PREPARING_REBALANCE, ...
+    group_type: str | None  # CLASSIC or CONSUMER
+    assignor: str | None
+    members: tuple[Member, ...]
+
+
+def assemble(
+    requests: Iterable[GroupRequest], now: float, counts: Mapping[str, int],
+    ends: Mapping[tuple[str, int], int], failed_topics: Mapping[str, str],
+    failures: Mapping[str, str], described: Mapping[str, Description],
+    committed: Mapping[str, Mapping[tuple[str, int], int | None] | Exception],
+) -> dict[str, GroupSnapshot]:
+    """One sweep's snapshots from its answers: partition counts and end offsets per topic
+    (or why a topic's could not be read), each group's description (or why not) and
+    committed offsets (absent: the group reads no existing topic)."""
+    out: dict[str, GroupSnapshot] = {}
+    for g in requests:
+        if g.group_id in failures:
+            out[g.group_id] = GroupSnapshot(g.group_id, now, False,
+                                            f"describe group: {failures[g.group_id]}")
+            continue
+        broken = [failed_topics[t] for t in g.topics if t in failed_topics]
+        if broken:
+            out[g.group_id] = GroupSnapshot(g.group_id, now, False,
+                                            f"list offsets: {'; '.join(broken)}")
+            continue
         snap = GroupSnapshot(
             g.group_id, now, True,
             partition_counts={t: counts[t] for t in g.topics if t in counts},
             missing_topics=tuple(t for t in g.topics if t not in counts),
         )
-        if isinstance(committed, Exception):
-            self.requests_failed += 1
+        out[g.group_id] = snap
+        offsets = committed.get(g.group_id)
+        if isinstance(offsets, Exception):
             snap.broker_ok = False
-            snap.error = str(committed)
-            return snap
-        if committed is not None:
-            for tp in committed.topic_partitions:
-                offset = tp.offset if tp.offset >= 0 else None
-                snap.offsets[(tp.topic, tp.partition)] = (ends[(tp.topic, tp.partition)], offset)
-        snap.state = getattr(desc.state, "name", str(desc.state))
-        group_type = getattr(desc, "type", None)
-        snap.group_type = getattr(group_type, "name", None)
-        snap.assignor = desc.partition_assignor or None
-        snap.members = tuple(
-            Member(m.member_id, m.client_id, m.host,
-                   tuple((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
-                   if m.assignment else ())
-            for m in desc.members
-        )
-        return snap
+            snap.error = str(offsets)
+            continue
+        for tp, offset in (offsets or {}).items():
+            snap.offsets[tp] = (ends[tp], offset)
+        desc = described[g.group_id]
+        snap.state, snap.group_type = desc.state, desc.group_type
+        snap.assignor, snap.members = desc.assignor, desc.members
+    return out
+
+
+def never_committed(snaps: Iterable[GroupSnapshot]) -> set[tuple[str, int]]:
+    """Partitions some group never committed on: their log start is where it starts."""
+    return {tp for s in snaps if s.broker_ok
+            for tp, (_, committed) in s.offsets.items() if committed is None}
+
+
+def add_log_starts(snaps: Iterable[GroupSnapshot], starts: Mapping[tuple[str, int], int]) -> None:
+    for s in snaps:
+        s.log_starts.update({tp: starts[tp] for tp, (_, c) in s.offsets.items()
+                             if c is None and tp in starts})
+
+
+def state_name(kafka_state: str) -> str:
+    """Kafka's group state ("PreparingRebalance") as the snapshot spells it
+    ("PREPARING_REBALANCE")."""
+    return "".join(f"_{c}" if c.isupper() and i else c
+                   for i, c in enumerate(kafka_state)).upper()
+
+
+def _description(desc: Any) -> Description:
+    """A librdkafka ConsumerGroupDescription as a Description."""
+    state = getattr(desc.state, "name", str(desc.state))
+    # librdkafka names the rebalancing states PREPARING_REBALANCING; Kafka PreparingRebalance.
+    state = state.replace("REBALANCING", "REBALANCE")
+    group_type = getattr(desc, "type", None)
+    return Description(
+        state, getattr(group_type, "name", None), desc.partition_assignor or None,
+        tuple(Member(m.member_id, m.client_id, m.host,
+                     tuple((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+                     if m.assignment else ())
+              for m in desc.members))
+
+
+def _committed(answer: Any) -> dict[tuple[str, int], int | None]:
+    """A librdkafka ListConsumerGroupOffsets answer: partition -> committed offset or None."""
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+            for tp in answer.topic_partitions}

@@ -1,4 +1,5 @@
-"""The lag collector's Kafka admin client, one child process per cluster.
+"""librdkafka's admin client in a child process, one per cluster: the operator's road for
+the clusters whose settings its own protocol client (`kafka_wire`) does not speak.
 
 librdkafka's admin client has two failure modes that no caller can handle in-process
 (both seen here after a broker restart, librdkafka 2.16): its group-coordinator requests
