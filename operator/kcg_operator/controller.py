@@ -80,6 +80,8 @@ STALE_WATCH_SECONDS = 60.0
 RECONCILE_BATCH = 200
 
 Stamps = Mapping[tuple[PartitionKey, int], float]
+#: The (end offset, time) tables of a group's partitions, as lag.partition_lags takes them.
+Histories = dict[PartitionKey, tuple[Point, ...]]
 
 
 @dataclass(slots=True)
@@ -261,8 +263,7 @@ class Controller:
             # A sweep's snapshots share its time (the collector's, taken once per sweep).
             history.feed(answered[0].time_s, ends, seen_at=time.monotonic())
 
-    def _history_of(self, cluster: ClusterKey | None,
-                    snap: GroupSnapshot) -> dict[PartitionKey, tuple[Point, ...]]:
+    def _history_of(self, cluster: ClusterKey | None, snap: GroupSnapshot) -> Histories:
         """The group's partitions' tables, as lag.partition_lags takes them."""
         with self._histories_lock:
             history = self._histories.get(cluster)
@@ -307,14 +308,14 @@ class Controller:
         metrics.kafka_up.labels(cluster.bootstrap_servers).set(
             int(any(s.broker_ok for s in snaps.values())))
         self._note_offsets(cluster, snaps.values())
-        mine: list[tuple[Key, GroupObject, GroupSnapshot]] = []
+        mine: list[tuple[Key, GroupObject, GroupSnapshot, Histories]] = []
         wanted: list[tuple[PartitionKey, int]] = []
         for key, obj in groups:
             assert obj.kcg is not None
             snap = snaps[obj.kcg.group_id].for_topics(obj.kcg.spec.topics)
-            mine.append((key, obj, snap))
+            history = self._history_of(cluster, snap) if snap.broker_ok else {}
+            mine.append((key, obj, snap, history))
             if snap.broker_ok:
-                history = self._history_of(cluster, snap)
                 wanted += lagmath.positions_to_read(
                     snap.offsets, log_starts=snap.log_starts,
                     from_earliest=obj.starts_from_earliest, history=history)
@@ -328,12 +329,12 @@ class Controller:
         for key, obj in groups:
             assert obj.kcg is not None
             sharing[obj.kcg.group_id].append(key)
-        def evaluate(item: tuple[Key, GroupObject, GroupSnapshot]) -> None:
-            key, obj, snap = item
+        def evaluate(item: tuple[Key, GroupObject, GroupSnapshot, Histories]) -> None:
+            key, obj, snap, history = item
             assert obj.kcg is not None
             others = tuple(f"{ns}/{name}" for ns, name in sharing[obj.kcg.group_id]
                            if (ns, name) != key)
-            self._safe(self.evaluate, key, obj, snap, stamps, others)
+            self._safe(self.evaluate, key, obj, snap, stamps, others, history)
 
         # Groups are independent once swept: their decisions, scales and status writes go
         # out in parallel (one API round trip each; thousands of groups on one cluster).
@@ -352,7 +353,7 @@ class Controller:
         if (obj.body.get("metadata") or {}).get("deletionTimestamp"):
             return False  # being deleted: its owned objects go with it
         state = self.states.setdefault(key, GroupState())
-        if state.workload_generation != (obj.body.get("metadata") or {}).get("generation"):
+        if state.workload_generation != obj.generation:
             return True
         if state.retry_at:
             return time.time() >= state.retry_at
@@ -386,7 +387,7 @@ class Controller:
         """Read and render the workload; the leader also applies it."""
         state = self.states.setdefault(key, GroupState())
         body = obj.body
-        state.workload_generation = (body.get("metadata") or {}).get("generation")
+        state.workload_generation = obj.generation
         state.retry_at, state.applied = 0.0, False
         state.secret_checked = time.time()
         prepared = reconciler.prepare(self.kube, key, obj, self.relay_image)
@@ -422,11 +423,18 @@ class Controller:
     # ------------------------------------------------------------------ one group
 
     def evaluate(self, key: Key, obj: GroupObject, snap: GroupSnapshot,
-                 stamps: Stamps | None = None, shared_with: tuple[str, ...] = ()) -> None:
+                 stamps: Stamps | None = None, shared_with: tuple[str, ...] = (),
+                 history: Histories | None = None) -> None:
+        """One group's sweep result: lag, verdicts, decision, scale, pods, status.
+        `history` is the group's (end offset, time) tables the sweep read (read here when
+        not given)."""
         kcg = obj.kcg
         assert kcg is not None
         state = self.states.setdefault(key, GroupState())
-        lags, statuses = self._observe_partitions(state, obj, snap, stamps or {})
+        if history is None:
+            history = self._history_of(obj.cluster, snap) if snap.broker_ok else {}
+        lags, statuses = self._observe_partitions(state, snap, stamps or {}, history,
+                                                  obj.starts_from_earliest)
         seen = self.registry.deployment(key)  # one read: replicas and pods agree
         replicas = self._replicas(state, seen)
         current, ready = replicas if replicas is not None else (None, None)
@@ -461,15 +469,15 @@ class Controller:
         self.write_status(key, obj, observed)
 
     def _observe_partitions(
-        self, state: GroupState, obj: GroupObject, snap: GroupSnapshot, stamps: Stamps,
+        self, state: GroupState, snap: GroupSnapshot, stamps: Stamps, history: Histories,
+        from_earliest: bool,
     ) -> tuple[dict[PartitionKey, lagmath.PartitionLag], dict[PartitionKey, str]]:
         """Lag per partition (the one computation everything reads) and Burrow's verdicts."""
         if not snap.broker_ok:
             return {}, {}
-        history = self._history_of(obj.cluster, snap)
         lags = lagmath.partition_lags(
             snap.offsets, now_s=snap.time_s, log_starts=snap.log_starts,
-            from_earliest=obj.starts_from_earliest, history=history, produced_at=stamps)
+            from_earliest=from_earliest, history=history, produced_at=stamps)
         # Assignments are only known in a stable group; mid-rebalance, assume owners are alive.
         owned = snap.owned_partitions()
         statuses: dict[PartitionKey, str] = {}

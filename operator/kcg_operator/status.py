@@ -259,7 +259,7 @@ def render_status(obj: GroupObject, observed: Observed | None,
                   last_scale_time: str | None = None) -> dict[str, Any]:
     """The status subresource for one object; ``previous`` are the conditions written last
     (their transition times hold while their status does)."""
-    generation = obj.body.get("metadata", {}).get("generation")
+    generation = obj.generation
     rec = obj.reconciled
     status: dict[str, Any] = {}
     conditions: list[dict[str, Any]] = []
