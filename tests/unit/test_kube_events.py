@@ -1,8 +1,8 @@
 """Events the apiserver cannot take now (a restarting one answers 503, or nothing) are
 kept and sent later with their own time; refusals that will not change are not retried.
 
-The apiserver here is a stand-in for one call (create_namespaced_event) so each answer can
-be chosen; tests/e2e/test_fault_matrix.py restarts the real one."""
+The apiserver here is a stand-in for one call (the Event POST) so each answer can be
+chosen; tests/e2e/test_fault_matrix.py restarts the real one."""
 
 from __future__ import annotations
 
@@ -22,33 +22,26 @@ GROUP = {"apiVersion": "kcg.dev/v1alpha1", "kind": "KafkaConsumerGroup",
 
 
 class _Events:
-    """create_namespaced_event answering from `answers` (an exception, or None: taken)."""
+    """The Event POST answering from `answers` (an exception, or None: taken)."""
 
     def __init__(self) -> None:
         self.answers: list[Exception | None] = []
         self.taken: list[dict[str, Any]] = []
 
-    def create_namespaced_event(self, namespace: str, body: dict[str, Any],
-                                **_: Any) -> _Answer:
+    def request(self, method: str, path: str, body: Any = None, *_: Any) -> None:
+        assert (method, path) == ("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}"
+                                          "/events")
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
             raise answer
         self.taken.append(body)
-        return _Answer()
-
-
-class _Answer:
-    """The raw answer (urllib3's response): the Kube client only hands its connection back."""
-
-    def release_conn(self) -> None:
-        pass
 
 
 def _kube(leader: list[bool] | None = None) -> tuple[Kube, _Events]:
     state = leader if leader is not None else [True]
     kube = Kube(None, may_write=lambda: state[0])  # type: ignore[arg-type]
     events = _Events()
-    kube.core = events  # type: ignore[assignment]
+    kube._request = events.request  # type: ignore[method-assign]
     return kube, events
 
 
