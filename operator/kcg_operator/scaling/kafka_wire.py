@@ -256,6 +256,7 @@ class WireCluster:
         self.timeout = timeout
         self.brokers: dict[int, tuple[str, int]] = {}
         self.coordinators: dict[str, int] = {}
+        self.coordinator_moves = 0  # groups asked again at a coordinator found anew
         self._conns: dict[tuple[str, int], Connection] = {}
         self._opening: dict[tuple[str, int], asyncio.Task[Connection]] = {}
 
@@ -390,6 +391,7 @@ class WireCluster:
                 break
             for g in moved:
                 self.coordinators.pop(g.group_id, None)
+            self.coordinator_moves += len(moved)
             todo = moved
         return asked
 
