@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from kcg_operator.scaling.collector import Member
+
 T = TypeVar("T")
 
 
@@ -406,14 +408,6 @@ def read_find_coordinator(r: Reader) -> dict[str, Coordinator]:
 
 
 @dataclass(frozen=True)
-class DescribedMember:
-    member_id: str
-    client_id: str
-    host: str
-    assigned: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True)
 class DescribedGroup:
     error: int
     message: str | None
@@ -421,7 +415,7 @@ class DescribedGroup:
     state: str  # as the broker names it: Stable, Empty, PreparingRebalance, ...
     group_type: str  # CLASSIC, or CONSUMER for a KIP-848 group
     assignor: str | None
-    members: tuple[DescribedMember, ...]
+    members: tuple[Member, ...]
 
 
 def read_consumer_assignment(data: bytes | None) -> tuple[tuple[str, int], ...]:
@@ -444,7 +438,7 @@ def read_consumer_assignment(data: bytes | None) -> tuple[tuple[str, int], ...]:
 def read_describe_groups(r: Reader) -> list[DescribedGroup]:
     r.int32()
 
-    def member(r: Reader) -> DescribedMember:
+    def member(r: Reader) -> Member:
         member_id = r.compact_str()
         r.compact_string()  # group instance id
         client_id, host = r.compact_str(), r.compact_str()
@@ -455,14 +449,14 @@ def read_describe_groups(r: Reader) -> list[DescribedGroup]:
             assigned = read_consumer_assignment(assignment)
         except (ProtocolError, UnicodeDecodeError):
             assigned = ()
-        return DescribedMember(member_id, client_id, host, assigned)
+        return Member(member_id, client_id, host, assigned)
 
     def group(r: Reader) -> DescribedGroup:
         error, group_id, state = r.int16(), r.compact_str(), r.compact_str()
         protocol_type, protocol = r.compact_str(), r.compact_str()
         members = tuple(r.compact_array(member))
         if protocol_type != "consumer":  # another client's group: no partitions to read
-            members = tuple(DescribedMember(m.member_id, m.client_id, m.host, ())
+            members = tuple(Member(m.member_id, m.client_id, m.host, ())
                             for m in members)
         r.int32()  # authorized operations
         r.skip_tags()
@@ -487,7 +481,7 @@ def read_consumer_group_describe(r: Reader) -> list[DescribedGroup]:
         r.skip_tags()
         return tuple(pairs)
 
-    def member(r: Reader) -> DescribedMember:
+    def member(r: Reader) -> Member:
         member_id = r.compact_str()
         r.compact_string()  # instance id
         r.compact_string()  # rack
@@ -498,7 +492,7 @@ def read_consumer_group_describe(r: Reader) -> list[DescribedGroup]:
         assigned = assignment(r)
         assignment(r)  # target assignment
         r.skip_tags()
-        return DescribedMember(member_id, client_id, host, assigned)
+        return Member(member_id, client_id, host, assigned)
 
     def group(r: Reader) -> DescribedGroup:
         error, message, group_id = r.int16(), r.compact_string(), r.compact_str()

@@ -35,7 +35,6 @@ from kcg_operator.scaling.collector import (
     GroupRequest,
     GroupSnapshot,
     LagCollector,
-    Member,
     add_log_starts,
     assemble,
     never_committed,
@@ -480,9 +479,7 @@ class WireCluster:
                 asked.failed_requests += 1
                 continue
             asked.described[g.group_id] = Description(
-                state_name(desc.state), desc.group_type, desc.assignor,
-                tuple(Member(m.member_id, m.client_id, m.host, m.assigned)
-                      for m in desc.members))
+                state_name(desc.state), desc.group_type, desc.assignor, desc.members)
             if offsets is not None and offsets.error:
                 asked.committed[g.group_id] = WireError(
                     f"offset fetch: {kp.error_name(offsets.error)}")
