@@ -56,8 +56,10 @@ kind-e2e: $(VENV)/.installed
 	hack/kind-e2e.sh
 
 ## bench-*: benchmarks that print a table and, last, one JSON line
+# SCENARIOS=examples/scenarios-heldout: the scenarios the policy was not tuned on.
+SCENARIOS ?= examples/scenarios
 bench-scaling: $(VENV)/.installed
-	$(PYTHON) -m kcg_operator.scaling.bench --plot-dir benchmarks/out/scaling
+	$(PYTHON) -m kcg_operator.scaling.bench --scenarios $(SCENARIOS) --plot-dir benchmarks/out/scaling
 
 # OBJECTS=10000 for the large run; the one-client-per-object baseline stays at 1 000.
 OBJECTS ?= 1000

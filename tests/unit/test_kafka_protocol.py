@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from kcg_operator.scaling import kafka_protocol as kp
 from kcg_operator.scaling.collector import ClusterKey, GroupRequest, state_name
-from kcg_operator.scaling.kafka_wire import NotSpoken, WireCluster, WireSettings, _Asked
+from kcg_operator.scaling.kafka_wire import (
+    FORGET_AFTER_SWEEPS,
+    NotSpoken,
+    WireCluster,
+    WireSettings,
+    _Asked,
+)
 
 
 @given(st.integers(min_value=0, max_value=2**63 - 1))
@@ -103,6 +109,19 @@ def test_settings_spoken_here() -> None:
 def test_settings_not_spoken_here_say_which(auth: dict[str, str]) -> None:
     with pytest.raises(NotSpoken):
         WireSettings.of(auth)
+
+
+def test_a_group_no_longer_swept_loses_its_cached_coordinator() -> None:
+    """A deleted object's group stops being swept: its coordinator entry goes after
+    FORGET_AFTER_SWEEPS sweeps of the cluster, while groups still swept keep theirs."""
+    cluster = WireCluster(ClusterKey.of("127.0.0.1:9"), WireSettings.of(None), 1.0)
+    cluster.remember(["kept", "deleted"])
+    cluster.coordinators.update(kept=1, deleted=2)
+    for _ in range(FORGET_AFTER_SWEEPS - 1):
+        cluster.remember(["kept"])
+    assert cluster.coordinators == {"kept": 1, "deleted": 2}  # one sweep short
+    cluster.remember(["kept"])
+    assert cluster.coordinators == {"kept": 1}
 
 
 def test_a_group_whose_coordinator_moved_is_asked_again_at_the_new_one() -> None:

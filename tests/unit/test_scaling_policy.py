@@ -481,9 +481,11 @@ def test_a_partition_waiting_while_its_owner_works_another_backlog_is_starved() 
     assert "orders/0 STUCK" in run(stuck, s, follow=False)[-1].reason
 
 
-def test_a_member_overloaded_by_a_hot_partition_gets_one_more_replica() -> None:
+def test_a_hot_partition_that_must_keep_up_leaves_room_for_its_neighbours() -> None:
     # Consumer a owns the hot partition (70/s) and a 40/s one: 110/s against 100/s, while
-    # the average says two consumers are plenty (180/s). The count now is not enough.
+    # the average says two consumers are plenty (180/s). Partitions spread by count: with
+    # three consumers one still has two partitions, and the hot one beside any other is
+    # more than a replica does (70 + 35 > 100); four give it a consumer of its own.
     s = spec(minReplicas=1, maxReplicas=4, lagPerReplica=100_000, maxTimeLagSeconds=60)
     members = {"a": [0, 1], "b": [2, 3]}
     rates = [70, 40, 35, 35]
@@ -502,6 +504,51 @@ def test_a_member_overloaded_by_a_hot_partition_gets_one_more_replica() -> None:
             )
         )
     decisions = run(history, s, follow=False)
+    assert decisions[-1].desired == 4
+
+
+def test_an_old_assignment_does_not_ask_for_more_while_new_pods_join() -> None:
+    # One consumer owned all six partitions (a hot one at 70/s and five at 10/s: 120/s
+    # against its 100/s) and the Deployment is already at 3; the pods are starting, so
+    # the assignment is still the old one. Its overload is what the last scale-up was
+    # for: the count rule (two would do, three are coming) decides, not one more.
+    s = spec(minReplicas=1, maxReplicas=6, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    rates = [70, 10, 10, 10, 10, 10]
+    alone = {"a": [(T, p) for p in range(6)]}
+
+    def polls(replicas_at_last: int) -> list[Observation]:
+        history = []
+        for t in (0, 15, 30, 45):
+            ends = [500 + r * int(t) for r in rates]
+            done = [int(t * 100 * r / 120) for r in rates]
+            history.append(
+                Observation.from_offsets(
+                    t,
+                    {(T, p): (e, c) for p, (e, c) in enumerate(zip(ends, done, strict=True))},
+                    replicas_at_last if t == 45 else 1,
+                    partitions=6,
+                    assignment=alone,
+                    produced_at={((T, p), c): t - 30 for p, c in enumerate(done)},
+                )
+            )
+        return history
+
+    starting = run(polls(3), s, follow=False)[-1]
+    assert starting.per_replica_rate == pytest.approx(100, rel=0.02)
+    assert starting.desired == 3
+    # The same overload with the group settled at its one member: more, at once.
+    assert run(polls(1), s, follow=False)[-1].desired >= 2
+
+
+def test_running_short_is_for_a_fraction_of_a_replica_only() -> None:
+    # 25 msg/s on each of 12 partitions (300/s), consumers measured at 100/s, and the
+    # oldest message young (5 s): running a little short is allowed, but not on two
+    # consumers, which fall behind by a whole replica's work: three at least.
+    s = spec(minReplicas=1, maxReplicas=20, lagPerReplica=100_000, maxTimeLagSeconds=60)
+    members = {f"m{i}": list(range(i, 12, 2)) for i in range(2)}
+    history = [backlogged(t, 25, 100 / 6, 2, members, 5, backlog=100) for t in (0, 15, 30, 45)]
+    decisions = run(history, s, follow=False)
+    assert decisions[-1].per_replica_rate == pytest.approx(100)
     assert decisions[-1].desired == 3
 
 
@@ -516,6 +563,23 @@ def test_reaction_time_is_measured_from_a_scale_up_to_the_new_members() -> None:
     _, state = decide(obs(45, [8000] * 6, [0] * 6, 6, assignment=six), s, state)
     assert state.reaction_seconds == 45
     assert state.awaiting is None
+
+
+def test_reaction_time_counts_from_the_last_raise_of_the_target() -> None:
+    # 1 -> 2 at t=0, then 2 -> 6 at t=15: the last four pods were asked for at t=15, so
+    # the six members seen at t=45 took 30 s, not 45 (counting from the first scale-up
+    # measured the polls it took to decide, and the time rule then planned for that).
+    s = spec(minReplicas=1, maxReplicas=6, lagPerReplica=1000)
+    one = {"a": list(range(6))}
+    _, state = decide(obs(0, [1500, 1500, 0, 0, 0, 0], [0] * 6, 1, assignment=one), s)
+    assert state.awaiting == (0, 2)
+    # (The old member consumed meanwhile: a partition that got nothing would be stuck.)
+    d, state = decide(obs(15, [8000] * 6, [100] * 6, 2, assignment=one), s, state)
+    assert d.desired == 6
+    assert state.awaiting == (15, 6)
+    six = {f"m{i}": [i] for i in range(6)}
+    _, state = decide(obs(45, [8000] * 6, [200] * 6, 6, assignment=six), s, state)
+    assert state.reaction_seconds == 30
 
 
 def test_paused_reports_what_it_would_do() -> None:

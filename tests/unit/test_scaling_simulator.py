@@ -254,6 +254,11 @@ def test_example_scenarios_are_valid() -> None:
     assert {"burst", "diurnal", "hot-partition", "flash-backlog", "capacity-bound"} <= names
     poisoned = [simulator.load_scenario(p) for p in root.glob("*.yaml")]
     assert any(sc.poison for sc in poisoned)
+    # The held-out set (not tuned on) is valid too, and shares no name with the others.
+    held = root.parent / "scenarios-heldout"
+    held_names = {simulator.load_scenario(p).name for p in held.glob("*.yaml")}
+    assert len(held_names) >= 6
+    assert not held_names & names
 
 
 def test_time_lag_estimate_follows_the_true_age_of_the_oldest_message() -> None:

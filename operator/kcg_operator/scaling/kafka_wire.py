@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 GROUP_BATCH: Final = 500
 #: Groups per FindCoordinator request.
 COORDINATOR_BATCH: Final = 2000
+#: A group not swept for this many sweeps of its cluster loses its cached coordinator
+#: (deleted objects; a group swept again is looked up anew, one batched request).
+FORGET_AFTER_SWEEPS: Final = 100
 #: Largest answer read (the broker's own default socket.request.max.bytes is 100 MiB).
 MAX_ANSWER_BYTES: Final = 100 * 1024 * 1024
 
@@ -256,6 +259,8 @@ class WireCluster:
         self.brokers: dict[int, tuple[str, int]] = {}
         self.coordinators: dict[str, int] = {}
         self.coordinator_moves = 0  # groups asked again at a coordinator found anew
+        self._sweeps = 0
+        self._last_swept: dict[str, int] = {}
         self._conns: dict[tuple[str, int], Connection] = {}
         self._opening: dict[tuple[str, int], asyncio.Task[Connection]] = {}
 
@@ -297,8 +302,20 @@ class WireCluster:
             conn.close()
         self._conns.clear()
 
+    def remember(self, group_ids: Iterable[str]) -> None:
+        """Count a sweep of these groups; forget the coordinators of groups that have not
+        been swept for FORGET_AFTER_SWEEPS sweeps, so deleted groups do not pile up."""
+        self._sweeps += 1
+        for g in group_ids:
+            self._last_swept[g] = self._sweeps
+        oldest = self._sweeps - FORGET_AFTER_SWEEPS
+        for g in [g for g, n in self._last_swept.items() if n <= oldest]:
+            del self._last_swept[g]
+            self.coordinators.pop(g, None)
+
     async def sweep(self, requests: list[GroupRequest]) -> tuple[dict[str, GroupSnapshot], int]:
         """(snapshots, requests that failed) for one sweep of this cluster's groups."""
+        self.remember(g.group_id for g in requests)
         now = time.time()
         topics = {t for g in requests for t in g.topics}
         try:

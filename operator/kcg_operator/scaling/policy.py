@@ -35,13 +35,17 @@ How a decision is made, in order:
      last minute's averages, so a burst shorter than that is carried by the backlog) —
      but only once the oldest message has used the slack the deadline leaves beyond the
      reaction time. Before that, running a little short of production is allowed: it is
-     how 2.5 replicas of work run on whole replicas (two for a while, then three).
+     how 2.5 replicas of work run on whole replicas (two for a while, then three). Never
+     by more than that fraction: the whole replicas production fills are the floor.
 
    The sum over partitions divided by one replica's rate gives replicas. Partitions
    spread over replicas by count (cooperative-sticky balances counts, not load), so the
-   count must also leave the busiest partition's consumer enough room; and when a member
-   of the current assignment owns more work than a replica does, the count now is shown
-   too small, whatever the average says. One replica's rate is the median loaded member's,
+   count must also leave the busiest partition's consumer enough room (for its
+   neighbours' production too, once the busiest must keep up); and when a member of the
+   current assignment owns more work than a replica does, the count now is shown too
+   small, whatever the average says (unless pods asked for are still joining: the
+   assignment is then the old one). The reaction time is measured from the last raise
+   of the count to the members all joining. One replica's rate is the median loaded member's,
    measured from committed offsets over the last minute (it follows a slower app down
    smoothly); until a member is seen under load, the best observed rate is a lower bound.
 4. **Stalled partitions do not scale.** Lag on partitions Burrow calls STOP or STALL is
@@ -485,8 +489,7 @@ def _decide_observed(
     )
     awaiting = state.awaiting
     if should_patch and desired > current:
-        awaiting = awaiting if awaiting is not None and awaiting[1] <= desired else (now, desired)
-        awaiting = (awaiting[0], desired)
+        awaiting = (now, desired)
     elif should_patch and awaiting is not None and desired < awaiting[1]:
         awaiting = None
     earlier = tuple(
@@ -704,12 +707,15 @@ def _needs(
         # Replicas asked for now consume only after `reaction`: what arrives meanwhile at
         # the current rate must fit too. Beyond that, the next polls decide again.
         arriving = reaction + ARRIVAL_POLLS * spec.poll_interval_seconds
+        sustained = {
+            k: _sustained_rate(history.get(k, ()), obs.time_s, rates[k]) for k in active
+        }
         want = {
             k: _required_rate(
                 history.get(k, ()),
                 obs.lags[k],
                 _rate_since(history.get(k, ()), obs.time_s, PROJECTION_WINDOW_SECONDS) or rates[k],
-                _sustained_rate(history.get(k, ()), obs.time_s, rates[k]),
+                sustained[k],
                 progress.get(k, 0.0),
                 obs.time_s,
                 deadline,
@@ -722,8 +728,20 @@ def _needs(
         # A rate never seen under full load is a lower bound, already short of what a
         # replica can do: the utilization margin is for a measured rate only.
         utilization = TARGET_UTILIZATION if saturated else 1.0
-        by_time = _replicas_for(want, obs.partition_count, per_replica, helpful, utilization)
-        if _overloaded(obs, want, per_replica):
+        # A consumer not yet seen under load consumed just its partitions' production:
+        # as a bound on its rate, that says nothing about room for more.
+        by_time = _replicas_for(
+            want, obs.partition_count, per_replica, helpful, utilization,
+            sustained if saturated else {},
+        )
+        # Running short of production is for the fraction of a replica that whole replicas
+        # cannot use (2.5 replicas of work run as 2, then 3), never more: deeper, the
+        # backlog that forms needs a larger scale-up soon, held for the whole window.
+        by_time = max(by_time, math.floor(sum(sustained.values()) / per_replica + RATE_TOLERANCE))
+        # While pods asked for have not joined, the assignment is the old one: what its
+        # members carry says nothing about the count already on its way.
+        settled = obs.assignment is None or len(obs.assignment) >= obs.replicas
+        if settled and _overloaded(obs, want, per_replica):
             # Spreading by count put too much on one member (a hot partition next to
             # others): the count now is shown not to be enough, whatever the average says.
             by_time = max(by_time, min(obs.replicas + 1, helpful))
@@ -904,16 +922,28 @@ def _replicas_for(
     per_replica: float,
     helpful: int,
     utilization: float,
+    sustained: Mapping[PartitionKey, float],
 ) -> int:
-    """Fewest replicas that serve ``want`` when partitions are spread evenly by count."""
+    """Fewest replicas that serve ``want`` when partitions are spread evenly by count.
+
+    The busiest partition's consumer also carries others. Once that partition must keep
+    up with its own production (its need is at least its ``sustained`` production), so
+    must its neighbours: each counts at least at its sustained production, since no
+    consumer with a full partition to serve can leave the others short for long.
+    """
     total = sum(want.values())
     if total <= 0:
         return 0
+    hot = max(want, key=lambda k: want[k])
+    if want[hot] >= sustained.get(hot, 0.0) * (1 - RATE_TOLERANCE):
+        rest = sum(max(need, sustained.get(k, 0.0)) for k, need in want.items() if k != hot)
+    else:
+        rest = total - want[hot]
     budget = per_replica * utilization
     least = max(1, math.ceil(total / budget - RATE_TOLERANCE))
     most = max(least, helpful)
-    busiest = max(want.values())
-    others = (total - busiest) / (partitions - 1) if partitions > 1 else 0.0
+    busiest = want[hot]
+    others = rest / (partitions - 1) if partitions > 1 else 0.0
     # A partition that needs more than one replica can give still gets at most one
     # consumer; the best we can do is not make that consumer share much with others.
     busiest = min(busiest, budget)
