@@ -284,12 +284,12 @@ def test_kafka_restart_during_a_scale_up_holds_replicas_and_resumes(
         replaced = [line for line in chart_operator.metrics().splitlines()
                     if line.startswith("kcg_kafka_client_restarts_total{")]
         say(f"fault-matrix kafka-restart: Kafka client processes replaced {replaced}; "
-              f"replicas seen {_changes(seen)} "
-              f"({len(seen)} samples), "
-              f"conditions (Ready, Scaling) seen {reasons}, scale decisions {transitions}; "
-              f"unreachable reported after {unreachable_after:.1f}s, broker back after "
-              f"{back:.1f}s, cleared after {cleared:.1f}s; "
-              f"test took {time.monotonic() - started:.0f}s")
+            f"replicas seen {_changes(seen)} "
+            f"({len(seen)} samples), "
+            f"conditions (Ready, Scaling) seen {reasons}, scale decisions {transitions}; "
+            f"unreachable reported after {unreachable_after:.1f}s, broker back after "
+            f"{back:.1f}s, cleared after {cleared:.1f}s; "
+            f"test took {time.monotonic() - started:.0f}s")
         assert seen and min(seen) >= 3, f"replicas fell during the outage: {_changes(seen)}"
         assert _non_decreasing(seen), f"replicas went backwards: {_changes(seen)}"
         assert ("KafkaUnreachable", "BrokerUnreachable") in reasons
@@ -426,10 +426,10 @@ def test_postgres_restart_under_relay_load_loses_no_event_and_keeps_key_order(
                                        "kcg_outbox_database_reconnects_total") for p in pods}
         restarts = {p.metadata.name: _restarts(p) for p in _pods(kube_api, ns, name)}
         say(f"fault-matrix postgres-restart: {distinct} orders, {events} events, "
-              f"{len(messages)} messages, {duplicates} duplicates (repeats of the same event "
-              f"id); {processed_before} processed before the restart, database away "
-              f"{down:.1f}s; relay reconnects {reconnects}; container restarts {restarts}; "
-              f"test took {time.monotonic() - started:.0f}s")
+            f"{len(messages)} messages, {duplicates} duplicates (repeats of the same event "
+            f"id); {processed_before} processed before the restart, database away "
+            f"{down:.1f}s; relay reconnects {reconnects}; container restarts {restarts}; "
+            f"test took {time.monotonic() - started:.0f}s")
         # The relays noticed the restart and reconnected (the fault really hit them).
         assert all(v >= 1 for v in reconnects.values()), reconnects
     finally:
@@ -501,9 +501,9 @@ def test_apiserver_restart_watches_resume_and_a_change_made_at_once_is_applied(
         second = time.monotonic() - again
         chart_operator.wait_ready(timeout=120)
         say(f"fault-matrix apiserver-restart: apiserver away {away:.1f}s; change made at "
-              f"once applied after {applied:.1f}s, a second one after {second:.1f}s; leader "
-              f"{leader_before} -> {chart_operator.leader_name()}; "
-              f"test took {time.monotonic() - started:.0f}s")
+            f"once applied after {applied:.1f}s, a second one after {second:.1f}s; leader "
+            f"{leader_before} -> {chart_operator.leader_name()}; "
+            f"test took {time.monotonic() - started:.0f}s")
     finally:
         _stack_whole(kube_api, chart_operator)
 
@@ -555,11 +555,11 @@ def test_kubelet_restart_keeps_the_pods_running_and_the_status_right(
         status = _kcg(kube_api, ns, name)["status"]
         kept = sum(after.get(uid) == containers for uid, containers in before.items())
         say(f"fault-matrix kubelet-restart: kubelet back (node Ready) after {back:.1f}s; "
-              f"pod processes checked {len(samples)} times, all alive: {all(samples)}; "
-              f"{kept} of {len(before)} pods kept with the same containers, restarts and start "
-              f"times; status replicas {status['replicas']}, "
-              f"PodsHealthy {_conditions({'status': status})['PodsHealthy']['reason']}; "
-              f"test took {time.monotonic() - started:.0f}s")
+            f"pod processes checked {len(samples)} times, all alive: {all(samples)}; "
+            f"{kept} of {len(before)} pods kept with the same containers, restarts and start "
+            f"times; status replicas {status['replicas']}, "
+            f"PodsHealthy {_conditions({'status': status})['PodsHealthy']['reason']}; "
+            f"test took {time.monotonic() - started:.0f}s")
         assert samples and all(samples), "a pod's processes vanished during the restart"
         assert after == before, f"pods or containers replaced or restarted: {before} -> {after}"
     finally:
@@ -607,9 +607,9 @@ def test_leader_sigkill_mid_scale_loses_no_decision_and_makes_none_twice(
                                  and s[-1][1] == PARTITIONS and s, timeout=15,
                                  what="the last Scaled Event")
         say(f"fault-matrix leader-sigkill: replicas seen {_changes(seen)}; Scaled Events "
-              f"{' '.join(f'{a}→{b}' for a, b in transitions)}; leader "
-              f"{leader.metadata.name} killed, standby {chart_operator.leader_name()} led "
-              f"after {takeover:.1f}s; test took {time.monotonic() - started:.0f}s")
+            f"{' '.join(f'{a}→{b}' for a, b in transitions)}; leader "
+            f"{leader.metadata.name} killed, standby {chart_operator.leader_name()} led "
+            f"after {takeover:.1f}s; test took {time.monotonic() - started:.0f}s")
         assert _non_decreasing(seen), f"replicas went backwards: {_changes(seen)}"
         assert _spec_replicas(kube_api, ns, name) == PARTITIONS
         assert all(b > a for a, b in transitions), f"a Scaled Event went down: {transitions}"
@@ -757,12 +757,12 @@ def test_relay_pod_cut_off_the_network_hands_its_shards_over_and_loses_nothing(
         report = first_occurrences(messages)
         restarts = {p.metadata.name: _restarts(p) for p in _pods(kube_api, ns, name)}
         say(f"fault-matrix relay-cut-off: shards {before} (cut, survivor) before; survivor "
-              f"held all {SHARDS} {takeover:.1f}s after the cut (bound "
-              f"{RELAY_TAKEOVER_SECONDS}s); cut-off relay shared again {rejoined:.1f}s after "
-              f"the heal; {total} events written, {report.distinct} published, "
-              f"{len(messages)} messages, {report.duplicates} duplicates (repeats of the same "
-              f"event id); container restarts {restarts}; "
-              f"test took {time.monotonic() - started:.0f}s")
+            f"held all {SHARDS} {takeover:.1f}s after the cut (bound "
+            f"{RELAY_TAKEOVER_SECONDS}s); cut-off relay shared again {rejoined:.1f}s after "
+            f"the heal; {total} events written, {report.distinct} published, "
+            f"{len(messages)} messages, {report.duplicates} duplicates (repeats of the same "
+            f"event id); container restarts {restarts}; "
+            f"test took {time.monotonic() - started:.0f}s")
         assert_complete_and_ordered(report, {f"key-{k}": writer.per_key
                                              for k in range(writer.keys)})
         assert takeover <= RELAY_TAKEOVER_SECONDS, \
