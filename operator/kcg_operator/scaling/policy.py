@@ -740,7 +740,8 @@ def _needs(
         by_time = max(by_time, math.floor(sum(sustained.values()) / per_replica + RATE_TOLERANCE))
         # While pods asked for have not joined, the assignment is the old one: what its
         # members carry says nothing about the count already on its way.
-        settled = obs.assignment is None or len(obs.assignment) >= obs.replicas
+        members = _members(obs)
+        settled = members is None or members >= obs.replicas
         if settled and _overloaded(obs, want, per_replica):
             # Spreading by count put too much on one member (a hot partition next to
             # others): the count now is shown not to be enough, whatever the average says.
