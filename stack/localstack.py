@@ -780,7 +780,7 @@ def _start_postgres(host: str, port: int, owned: bool, procs: list[Proc]) -> Non
     # initdb and postgres refuse to run as root: run them as an unprivileged user on a
     # data directory that user owns, outside paths it may not be allowed to traverse.
     as_user = pwd.getpwnam(os.environ.get("KCG_PG_USER", "postgres")) if os.geteuid() == 0 else None
-    pgroot = Path(tempfile.mkdtemp(prefix="kcg-pg-"))
+    pgroot = Path(tempfile.mkdtemp(prefix=PGROOT_PREFIX))
     (STATE / "pgroot").write_text(str(pgroot))
     data, sock = pgroot / "data", pgroot / "sock"
     sock.mkdir()
@@ -804,6 +804,10 @@ def _start_postgres(host: str, port: int, owned: bool, procs: list[Proc]) -> Non
     ], owned, procs, as_user=as_user, cwd=pgroot)
 
 
+STOP_GRACE_SECONDS = 3.0
+PGROOT_PREFIX = "kcg-pg-"
+
+
 def down(quiet: bool = False) -> None:
     """Stop every process the stack started, then remove its runtime state."""
     pids_file = STATE / "pids.json"
@@ -811,7 +815,9 @@ def down(quiet: bool = False) -> None:
     for p in reversed(procs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    # The stack's data is thrown away below, so a graceful stop buys nothing; kube-apiserver
+    # drains its watches for well over 15 s on SIGTERM (etcd, Kafka, PostgreSQL: < 8 s).
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
     while any(_alive(p.pid) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
     for p in procs:
@@ -907,16 +913,32 @@ def env_lines(state: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def orphaned_pgroots() -> list[Path]:
+    """PostgreSQL directories (data and socket, outside the stack's state directory) whose
+    server is not running: a stack that died without `down` left them."""
+    orphans = []
+    for root in sorted(Path(tempfile.gettempdir()).glob(f"{PGROOT_PREFIX}*")):
+        pid_file = root / "data" / "postmaster.pid"
+        try:
+            running = _alive(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            running = False
+        if not running:
+            orphans.append(root)
+    return orphans
+
+
 def _report_leftovers() -> int:
-    """Nonzero when a node without a running stack left anything behind (CI runs this
-    after the suite: every `down` must have removed all it made)."""
-    found = [(index, what) for index in range(node.SLOTS)
+    """Nonzero when a stopped stack left anything behind (CI runs this after the suite:
+    every `down` must have removed all it made): a node's objects, a PostgreSQL directory."""
+    found = [(f"node slot {index}", what) for index in range(node.SLOTS)
              if not node.slot_in_use(node.Slot(index))
              for what in node.leftovers(node.Slot(index))]
-    for index, what in found:
-        print(f"kcg-stack: leftover of node slot {index}: {what}", file=sys.stderr)
+    found += [("postgres", f"dir {root}") for root in orphaned_pgroots()]
+    for owner, what in found:
+        print(f"kcg-stack: leftover of {owner}: {what}", file=sys.stderr)
     if not found:
-        print("kcg-stack: no node leftovers", file=sys.stderr)
+        print("kcg-stack: no node or postgres leftovers", file=sys.stderr)
     return 1 if found else 0
 
 

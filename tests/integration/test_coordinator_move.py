@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,7 +53,7 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def second_broker(stack: dict[str, Any]) -> Iterator[str]:
+def second_broker(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Broker node 2 of the stack's cluster (broker role only), on loopback; its bootstrap."""
     kafka = localstack.STATE / "kafka"
     props = dict(line.split("=", 1) for line in (kafka / "server.properties").read_text()
@@ -62,7 +61,8 @@ def second_broker(stack: dict[str, Any]) -> Iterator[str]:
     meta = dict(line.split("=", 1) for line in (kafka / "data" / "meta.properties")
                 .read_text().splitlines() if "=" in line)
     port = localstack.free_port()
-    work = Path(tempfile.mkdtemp(prefix="kcg-broker2-"))
+    # pytest keeps the last runs' directories (the broker's log) and removes older ones.
+    work = tmp_path_factory.mktemp("broker2")
     config = work / "server.properties"
     config.write_text("\n".join([
         "process.roles=broker", f"node.id={NEW_NODE}",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,16 +257,16 @@ def test_a_managed_key_is_refused_and_named_never_overridden(
 @given(st.dictionaries(_plain_keys, _values.map(str.strip), max_size=10))
 def test_properties_file_round_trips_through_the_example_app(props: dict[str, str]) -> None:
     text = properties_text(props, ("header", ""))
-    path = _tmp_file(text)
-    assert load_example_app("kcg_client").read_properties(path) == props
+    with _tmp_file(text) as path:
+        assert load_example_app("kcg_client").read_properties(path) == props
 
 
-def _tmp_file(text: str) -> Path:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
-        f.write(text)
-    return Path(f.name)
+@contextlib.contextmanager
+def _tmp_file(text: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "consumer.properties"
+        path.write_text(text)
+        yield path
 
 
 def test_properties_text_is_sorted_and_stable() -> None:
