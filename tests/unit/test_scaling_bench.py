@@ -118,6 +118,31 @@ def test_judge_says_where_kcg_wins_and_loses() -> None:
     assert judge(case((0, 1000), [(1, 850)], (0, 900)))["oracle_beaten_by"] == []
 
 
+def test_summary_counts_the_goals_and_sets_kcg_beside_keda_tuned_in_hindsight() -> None:
+    def verdict(kcg: tuple[int, int], keda: list[tuple[int, int]],
+                oracle: tuple[int, int]) -> dict[str, Any]:
+        c = case(kcg, keda, oracle)
+        return {"kcg": c["kcg"], **judge(c)}
+
+    verdicts = [
+        # On the front, 1.1x the oracle; KEDA's 0-violation threshold costs 1.2x.
+        verdict((0, 1100), [(0, 1200), (30, 900)], (0, 1000)),
+        # Off the front, 2x; KEDA's hindsight pick is 1.05x.
+        verdict((0, 2000), [(0, 1050)], (0, 1000)),
+        # The oracle misses the SLO: no ratio counts; KEDA never reaches 0 violations.
+        verdict((5, 900), [(7, 800)], (3, 700)),
+    ]
+    summary = bench.summarize(verdicts)
+    assert summary["runs"] == 3 and summary["on_keda_front"] == 2
+    assert summary["kcg_over_oracle"] == {"runs": 2, "geomean": pytest.approx(1.483, abs=1e-3),
+                                          "within_goal": 1}
+    assert summary["oracle_goal_met"] == 1
+    assert summary["keda_hindsight_over_oracle"] == {
+        "runs": 2, "geomean": pytest.approx(1.122, abs=1e-3), "within_goal": 1}
+    text = "\n".join(bench.summary_lines(summary))
+    assert "2 of 3 runs" in text and "geometric mean 1.122, <= 1.15 on 1 of 2" in text
+
+
 def test_bench_prints_a_table_and_json_last(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,6 +162,8 @@ def test_bench_prints_a_table_and_json_last(
             assert v["keda_front"]
             assert isinstance(v["goal_front"], bool)
     assert set(figures["goals"]["one"]["seed 3"]) == {"front", "oracle"}
+    assert figures["summary"]["runs"] == 4
+    assert any(line.startswith("KEDA's cheapest 0-violation threshold") for line in lines)
 
 
 def test_bench_figures_are_what_kcg_simulate_reports_for_the_same_run(

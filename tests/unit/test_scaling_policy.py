@@ -315,6 +315,25 @@ def test_scale_up_is_prompt_and_scale_down_waits_for_the_window() -> None:
     assert decisions[-1].desired == 1
 
 
+def test_a_first_step_guessed_from_lag_per_replica_gives_way_to_the_first_measurement() -> None:
+    # A backlog of 48 000 and no rate known yet: lagPerReplica sizes the first step (5).
+    # 15 s later the one member, busy on all six partitions, shows 100/s per replica: one
+    # replica drains the rest within the 900 s allowed, and the guess is not held for the
+    # 300 s window. The control: a member that emptied its partitions was not at full
+    # load, so its rate measures nothing and the guess is held.
+    s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=10_000, maxTimeLagSeconds=900,
+             scaleDownStabilizationSeconds=300)
+    one = {"a": [0, 1, 2, 3, 4, 5]}
+    first = obs(0, [8000] * 6, [0] * 6, replicas=1, assignment=one)
+    measured = obs(15, [8000] * 6, [250] * 6, replicas=5, assignment=one)
+    guessed, informed = run([first, measured], s, follow=False)
+    assert guessed.desired == 5 and informed.per_replica_rate == pytest.approx(100)
+    assert informed.desired == 1 and informed.capped_by is None, informed.reason
+    unmeasured = obs(15, [8000] * 6, [8000] * 6, replicas=5, assignment=one)
+    _, held = run([first, unmeasured], s, follow=False)
+    assert held.desired == 5 and held.capped_by == "stabilization", held.reason
+
+
 def test_zero_stabilization_scales_down_at_once() -> None:
     s = spec(minReplicas=1, maxReplicas=12, lagPerReplica=1000, scaleDownStabilizationSeconds=0)
     decisions = run([obs(0, [8000] * 6, [0] * 6, 1), obs(15, [8000] * 6, [8000] * 6, 1)], s)

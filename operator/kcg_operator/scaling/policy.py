@@ -261,6 +261,9 @@ class PolicyState:
     earlier: tuple[Observation, ...] = ()
     history: Mapping[PartitionKey, tuple[timelag.Point, ...]] = field(default_factory=dict)
     recommendations: tuple[tuple[float, int], ...] = ()
+    #: Recommendations made while no replica rate was known: they hold like the others
+    #: until the first measurement at full load, which overrules them.
+    guesses: tuple[tuple[float, int], ...] = ()
     per_replica_rate: float | None = None
     rate_saturated: bool = False
     idle_since: float | None = None
@@ -439,11 +442,20 @@ def _decide_observed(
         # for a window yet: count the replicas it found as a recent recommendation, so a
         # restart never causes a scale-down before a full window of evidence.
         seeded = ((now, current),)
-    recommendations = (*((t, r) for t, r in seeded if t > now - window), (now, recommendation))
+    recent = tuple((t, r) for t, r in seeded if t > now - window)
+    # The window keeps informed recommendations from flapping. A guess (made while no
+    # replica rate was known at all, e.g. a first step sized by lagPerReplica alone) that
+    # the first measurement at full load overrules says nothing about the traffic: it is
+    # dropped then.
+    guesses = () if saturated else tuple((t, r) for t, r in state.guesses if t > now - window)
+    if per_replica is None:
+        recommendations, guesses = recent, (*guesses, (now, recommendation))
+    else:
+        recommendations = (*recent, (now, recommendation))
     if recommendation >= current or to_zero or asleep:
         desired = recommendation
     else:
-        held = max(r for _, r in recommendations)
+        held = max(r for _, r in (*recommendations, *guesses))
         desired = min(current, held, cap)
         if desired > recommendation:
             capped_by = "stabilization"
@@ -502,6 +514,7 @@ def _decide_observed(
         earlier=earlier,
         history=history,
         recommendations=recommendations,
+        guesses=guesses,
         per_replica_rate=per_replica,
         rate_saturated=saturated,
         idle_since=idle_since,
