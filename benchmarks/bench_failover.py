@@ -59,7 +59,7 @@ HANDOVERS = int(os.environ.get("HANDOVERS", "10"))
 GROUPS = 2
 PARTITIONS = 4
 CONSUMER_RATE = 150  # messages/s one consumer pod handles
-SWING = (100.0, 500.0, 40.0)  # producer rate per topic: low, high, period (s)
+SWING = (20.0, 500.0, 40.0)  # producer rate per topic: low, high, period (s)
 ROUND_TIMEOUT = 60.0
 GOALS = {"failover_max_s": 10.0, "graceful_max_s": 2.0, "standby_writes": 0}
 
@@ -125,7 +125,7 @@ class Bench:
                     "topics": [topic], "kafka": {"bootstrapServers": self.bootstrap},
                     "consumerConfig": {"auto.offset.reset": "earliest"},
                     "scaling": {"minReplicas": 1, "maxReplicas": PARTITIONS,
-                                "lagPerReplica": 200, "pollIntervalSeconds": 2,
+                                "lagPerReplica": 1000, "pollIntervalSeconds": 2,
                                 "scaleDownStabilizationSeconds": 10},
                     "template": {"spec": {"terminationGracePeriodSeconds": 5, "containers": [{
                         "name": "consumer", "image": examples, "imagePullPolicy": "Never",

@@ -6,12 +6,14 @@ Everything here is a thin call; what to write is decided elsewhere.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -57,24 +59,49 @@ class NotLeading(RuntimeError):
     """A write was refused because this replica does not hold the leader lease."""
 
 
+class WriteGate(Protocol):
+    """Who may write: the leader elector, or nobody to ask (one replica)."""
+
+    def leading(self) -> bool: ...
+
+    def writing(self) -> AbstractContextManager[bool]: ...
+
+
+class Ungated:
+    """Without leader election this replica always writes."""
+
+    def leading(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[bool]:
+        yield True
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient,
-                 may_write: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, api: client.ApiClient, gate: WriteGate | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        # Every write asks first: a standby replica (leader election) never writes, even
-        # if a code path forgets to check.
-        self.may_write = may_write
+        # Every write goes through the gate: a standby replica (leader election) never
+        # writes, even if a code path forgets to check, and a leader stopping gracefully
+        # frees its lease only after the writes already on their way.
+        self.gate: WriteGate = gate or Ungated()
         self._pending_events: deque[dict[str, Any]] = deque(maxlen=PENDING_EVENTS)
         self._pending_lock = threading.Lock()
 
-    def _wrote(self) -> None:
-        if not self.may_write():
-            metrics.writes_refused.inc()
-            raise NotLeading("this operator replica is not the leader; writes are refused")
-        metrics.api_writes.inc()  # the steady-state benchmark reads it
+    def may_write(self) -> bool:
+        return self.gate.leading()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self.gate.writing() as permitted:
+            if not permitted:
+                metrics.writes_refused.inc()
+                raise NotLeading("this operator replica is not the leader; writes are refused")
+            metrics.api_writes.inc()  # the steady-state benchmark reads it
+            yield
 
     def _request(self, method: str, path: str, body: Any = None,
                  content_type: str = "application/json",
@@ -102,8 +129,9 @@ class Kube:
             path = f"/apis/apps/v1/namespaces/{meta['namespace']}/deployments/{meta['name']}"
         else:
             raise ValueError(f"cannot apply kind {obj['kind']}")
-        self._wrote()
-        applied: dict[str, Any] = self._request("PATCH", path, dict(obj), APPLY, APPLY_QUERY)
+        with self._writing():
+            applied: dict[str, Any] = self._request("PATCH", path, dict(obj), APPLY,
+                                                    APPLY_QUERY)
         return applied
 
     def deployment_replicas(self, namespace: str, name: str) -> tuple[int, int] | None:
@@ -127,10 +155,10 @@ class Kube:
         return [item for item in items if isinstance(item, dict)]
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        self._wrote()
-        self.apps.patch_namespaced_deployment_scale(
-            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER,
-            _request_timeout=TIMEOUT)
+        with self._writing():
+            self.apps.patch_namespaced_deployment_scale(
+                name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER,
+                _request_timeout=TIMEOUT)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """Decoded data of a Secret, None when it does not exist. Values are credentials:
@@ -145,12 +173,12 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self._wrote()
         body = {"apiVersion": f"{API_VERSION}", "kind": "KafkaConsumerGroup",
                 "metadata": {"name": name, "namespace": namespace}, "status": dict(status)}
         try:
-            self._request("PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/"
-                          f"{name}/status", body, APPLY, APPLY_QUERY)
+            with self._writing():
+                self._request("PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/"
+                              f"{PLURAL}/{name}/status", body, APPLY, APPLY_QUERY)
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: its watch event will forget it
                 raise
@@ -160,8 +188,7 @@ class Kube:
         apiserver cannot take now is kept and sent by `retry_events`, with its own time."""
         meta = involved["metadata"]
         now = now_rfc3339()
-        self._wrote()
-        self._post_event({
+        event = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
                                "name": meta["name"], "namespace": meta["namespace"],
@@ -170,7 +197,9 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             "source": {"component": "kcg-operator"},
             "reportingComponent": "kcg-operator", "reportingInstance": "kcg-operator",
-        })
+        }
+        with self._writing():
+            self._post_event(event)
 
     def _post_event(self, event: dict[str, Any], keep: bool = True) -> bool:
         """Post one Event; False when the apiserver could not take it (then it is kept
@@ -203,10 +232,11 @@ class Kube:
             self._pending_events.clear()
         for sent, event in enumerate(batch):
             try:
-                self._wrote()
+                with self._writing():
+                    posted = self._post_event(event, keep=False)
             except NotLeading:
                 return sent  # the new leader posts its own; a standby writes nothing
-            if not self._post_event(event, keep=False):
+            if not posted:
                 with self._pending_lock:  # back in front of any that came meanwhile
                     self._pending_events = deque(
                         [*batch[sent:], *self._pending_events], maxlen=PENDING_EVENTS)

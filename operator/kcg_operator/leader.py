@@ -11,8 +11,9 @@ timings so that a crashed leader is replaced within ten seconds:
   the record it reads has not changed for ``lease_duration_s`` *of its own clock*: times
   written by another host are never compared with ours (no clock-skew assumptions).
 * Every write carries the resourceVersion it read, so two candidates never both win.
-* On a graceful stop the leader releases the lease (no holder, 1 s duration), so a standby
-  takes over at its next retry instead of waiting the lease out.
+* On a graceful stop the leader closes its write gate, waits for the writes already past
+  it, then releases the lease (no holder, 1 s duration), so a standby takes over at its
+  next retry instead of waiting the lease out, and never while the old leader still writes.
 
 :func:`next_step` is the whole decision, a pure function; :class:`LeaderElector` is the
 I/O around it (one thread, reads every ``retry_interval_s`` while standing by).
@@ -20,11 +21,12 @@ I/O around it (one thread, reads every ``retry_interval_s`` while standing by).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +51,9 @@ RETRY_INTERVAL_S = 1.0
 RELEASED_DURATION_S = 1
 #: Requests must end well inside the renew deadline (connect, read seconds).
 TIMEOUT = (2, 3)
+#: How long a graceful stop waits for writes in flight before freeing the lease; if they
+#: have not ended by then the lease is left to expire instead.
+WRITE_DRAIN_S = 5.0
 
 
 class Step(enum.Enum):
@@ -133,6 +138,9 @@ class LeaderElector:
         self._sighting: Sighting | None = None
         self._resigned = False
         self._lock = threading.Lock()
+        # Writes that passed the gate and have not ended; release() waits for none.
+        self._writes_in_flight = 0
+        self._no_writes = threading.Condition(self._lock)
         metrics.leader.set(0)
 
     # -- read by every writer -----------------------------------------------------------
@@ -140,8 +148,27 @@ class LeaderElector:
     def leading(self) -> bool:
         """True while this replica holds the lease and renewed it in time."""
         with self._lock:
-            return (not self._resigned and self._renewed_at is not None
-                    and time.monotonic() - self._renewed_at < self.renew_deadline_s)
+            return self._leading_locked()
+
+    def _leading_locked(self) -> bool:
+        return (not self._resigned and self._renewed_at is not None
+                and time.monotonic() - self._renewed_at < self.renew_deadline_s)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[bool]:
+        """The write gate: yields whether this replica may write now, and while the block
+        runs (the request) a graceful stop does not free the lease."""
+        with self._lock:
+            permitted = self._leading_locked()
+            if permitted:
+                self._writes_in_flight += 1
+        try:
+            yield permitted
+        finally:
+            if permitted:
+                with self._lock:
+                    self._writes_in_flight -= 1
+                    self._no_writes.notify_all()
 
     # -- the election loop --------------------------------------------------------------
 
@@ -235,13 +262,23 @@ class LeaderElector:
         metrics.lease_writes.inc()
         return step
 
-    def release(self) -> None:
-        """Give the lease up (graceful shutdown): stop writing first, then free it."""
+    def release(self, drain_s: float = WRITE_DRAIN_S) -> None:
+        """Give the lease up (graceful shutdown): stop writing first, then free it.
+
+        A write that passed the gate just before it closed may still be on its way; a
+        successor may write as soon as the lease is free, so the lease is freed only once
+        those writes have ended (or left to expire if they do not end within ``drain_s``).
+        """
         with self._lock:
             self._resigned = True
             held = self._renewed_at is not None
             self._renewed_at = None
+            drained = self._no_writes.wait_for(lambda: self._writes_in_flight == 0, drain_s)
         if not held:
+            return
+        if not drained:
+            log.warning("leader election: writes still in flight after %.0f s; lease %s/%s "
+                        "left to expire", drain_s, self.namespace, self.name)
             return
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace,

@@ -135,7 +135,7 @@ def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ours.elector = LeaderElector(
             kube.api, election.namespace, election.name, election.identity,
             on_started_leading=controller.promoted, on_stopped_leading=controller.demoted)
-        kube.may_write = ours.elector.leading
+        kube.gate = ours.elector
         ours.election_thread = threading.Thread(target=ours.elector.run, args=(ours.stop,),
                                                 name="kcg-leader-election", daemon=True)
         ours.election_thread.start()

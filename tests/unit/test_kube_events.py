@@ -6,6 +6,8 @@ chosen; tests/e2e/test_fault_matrix.py restarts the real one."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,7 +41,18 @@ class _Events:
 
 def _kube(leader: list[bool] | None = None) -> tuple[Kube, _Events]:
     state = leader if leader is not None else [True]
-    kube = Kube(None, may_write=lambda: state[0])  # type: ignore[arg-type]
+
+    class Gate:
+        """Leads while state[0] says so."""
+
+        def leading(self) -> bool:
+            return state[0]
+
+        @contextlib.contextmanager
+        def writing(self) -> Iterator[bool]:
+            yield state[0]
+
+    kube = Kube(None, Gate())  # type: ignore[arg-type]
     events = _Events()
     kube._request = events.request  # type: ignore[method-assign]
     return kube, events
