@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -480,9 +481,7 @@ def _ratios(values: Iterable[float | None]) -> dict[str, Any]:
     present = [v for v in values if v is not None]
     return {
         "runs": len(present),
-        "geomean": round(math.exp(sum(map(math.log, present)) / len(present)), 3)
-        if present
-        else None,
+        "geomean": round(statistics.geometric_mean(present), 3) if present else None,
         "within_goal": sum(v <= GOAL_ORACLE_RATIO for v in present),
     }
 
