@@ -143,6 +143,37 @@ def test_summary_counts_the_goals_and_sets_kcg_beside_keda_tuned_in_hindsight() 
     assert "2 of 3 runs" in text and "geometric mean 1.122, <= 1.15 on 1 of 2" in text
 
 
+def test_summary_sets_kcg_beside_keda_tuned_on_other_days() -> None:
+    def verdict(kcg: tuple[int, int], tuned: tuple[int, int] | None) -> dict[str, Any]:
+        c = case(kcg, [(0, 1000)], (0, 500))
+        if tuned is not None:
+            c["keda_tuned"] = {"slo_violation_seconds": tuned[0], "replica_seconds": tuned[1],
+                               "preset": "careful", "lag_threshold": 9, "tuned_on": ["seed 1"]}
+        return {"kcg": c["kcg"], **judge(c)}
+
+    verdicts = [
+        verdict((0, 900), (0, 1000)),  # kcg no worse on both
+        verdict((0, 900), (40, 700)),  # fewer violations, more replicas
+        verdict((10, 900), (0, 800)),  # KEDA no worse on both
+        verdict((0, 900), None),  # a scenario run without other variants
+    ]
+    assert [v["kcg_vs_keda_tuned"] for v in verdicts] == [
+        "kcg better", "trade-off", "KEDA better", None]
+    # Tied with the swept run (0, 1000), the first stays on the front; a replica-second
+    # more and it does not.
+    assert [v["keda_tuned_on_front"] for v in verdicts] == [True, True, True, None]
+    worse = verdict((0, 900), (0, 1001))
+    assert worse["keda_tuned_on_front"] is False
+    tuned = bench.summarize(verdicts)["keda_tuned_elsewhere"]
+    assert tuned["runs"] == 3
+    assert tuned["outcomes"] == {"kcg better": 1, "equal": 0, "trade-off": 1, "KEDA better": 1}
+    assert tuned["kcg"] == {"slo_violation_seconds": 10, "replica_seconds": 2700}
+    assert tuned["keda"] == {"slo_violation_seconds": 40, "replica_seconds": 2500}
+    text = "\n".join(bench.summary_lines(bench.summarize(verdicts)))
+    assert "3 runs: kcg better 1, equal 0, trade-off 1, KEDA better 1" in text
+    assert "hindsight front (no swept threshold strictly better on the trace) in 3 of 3" in text
+
+
 def test_bench_prints_a_table_and_json_last(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,6 +194,12 @@ def test_bench_prints_a_table_and_json_last(
             assert isinstance(v["goal_front"], bool)
     assert set(figures["goals"]["one"]["seed 3"]) == {"front", "oracle"}
     assert figures["summary"]["runs"] == 4
+    # Each variant also meets KEDA tuned on the other variant of its scenario.
+    for variants in figures["scenarios"].values():
+        assert variants["clean"]["keda_tuned"]["tuned_on"] == ["seed 3"]
+        assert variants["seed 3"]["keda_tuned"]["tuned_on"] == ["clean"]
+    assert sum(figures["summary"]["keda_tuned_elsewhere"]["outcomes"].values()) == 4
+    assert any(line.startswith("KEDA tuned on the scenario's other variants") for line in lines)
     assert any(line.startswith("KEDA's cheapest 0-violation threshold") for line in lines)
 
 
