@@ -16,7 +16,7 @@ from kcg_operator.scaling.noise import Noise
 from kcg_operator.scaling.policy import KcgPolicy
 from kcg_operator.scaling.scenario import Scenario, parse_scenario
 from kcg_operator.scaling.simulator import simulate
-from kcg_operator.scaling.world import build_traffic, fair_share
+from kcg_operator.scaling.world import World, build_traffic, fair_share
 
 pytestmark = pytest.mark.unit
 
@@ -190,7 +190,8 @@ def test_the_beam_never_ends_worse_than_the_schedules_it_starts_from() -> None:
 
 def test_the_oracle_obeys_the_stabilization_window() -> None:
     # A backlog wants two replicas for a while, then one is enough; with a 45 s window
-    # the second replica must stay three ticks after it was added.
+    # the second replica must stay three ticks after it was added (the backlog is not
+    # drained before then).
     scenario = small(scaling={"minReplicas": 1, "maxReplicas": 2,
                               "scaleDownStabilizationSeconds": 45})  # fmt: skip
     plan = oracle.search(scenario, grid=GRID, beam=None)
@@ -200,6 +201,25 @@ def test_the_oracle_obeys_the_stabilization_window() -> None:
             assert all(n >= schedule[i] for n in schedule[i : i + 3])
     assert not oracle.admissible(scenario, (1, 2, 1, 1, 1), GRID)
     assert oracle.admissible(scenario, (1, 2, 2, 2, 1), GRID)
+
+
+def test_the_window_stops_binding_the_oracle_once_the_backlog_is_drained() -> None:
+    # As kcg lets go of replicas it added for a backlog once that backlog is gone, the
+    # floor may too: a second replica added for 200 waiting messages may leave at the
+    # first tick after they are consumed (t=30), not only after the 60 s window; while
+    # messages still wait (t=15: 60 of them, four times a tick of production), it may not.
+    scenario = small(initial_backlog=200, duration_seconds=120, rate=[{"at": 0, "rate": 2}],
+                     scaling={"minReplicas": 1, "maxReplicas": 2,
+                              "scaleDownStabilizationSeconds": 60})  # fmt: skip
+    world = World(scenario)
+    world.scale(2)
+    drained_at = []
+    for _ in range(30):
+        world.step()
+        drained_at.append(oracle.drained(world, GRID))
+    assert not drained_at[14] and drained_at[-1]
+    assert oracle.admissible(scenario, (2, 2, 1, 1, 1, 1, 1, 1), GRID)
+    assert not oracle.admissible(scenario, (2, 1, 1, 1, 1, 1, 1, 1), GRID)
 
 
 @settings(max_examples=300, deadline=None)

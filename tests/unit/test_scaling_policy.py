@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from kcg_operator.api.models import ScalingSpec
 from kcg_operator.scaling import lag as lagmath
 from kcg_operator.scaling.health import OK, STALL, STOP
-from kcg_operator.scaling.policy import Decision, Observation, PolicyState, decide
+from kcg_operator.scaling.policy import Decision, KcgPolicy, Observation, PolicyState, decide
+from kcg_operator.scaling.simulator import parse_scenario, simulate
 
 pytestmark = pytest.mark.unit
 
@@ -654,3 +655,58 @@ def test_a_poison_partition_does_not_drag_the_rate_down_nor_replicas_up(labelled
     assert decisions[3].per_replica_rate == pytest.approx(100)
     assert decisions[-1].per_replica_rate == pytest.approx(100)
     assert max(d.desired for d in decisions) <= 3
+
+
+DUMP: dict[str, Any] = {
+    "partitions": 6,
+    "duration_seconds": 660,
+    "initial_replicas": 2,
+    "initial_backlog": 30_000,
+    "slo_seconds": 120,
+    "per_replica_rate": 100,
+    "startup_seconds": 10,
+    "rebalance_pause_seconds": 3,
+    "rate": [{"at": 0, "rate": 100}],
+    "scaling": {"minReplicas": 1, "maxReplicas": 6, "lagPerReplica": 100_000,
+                "maxTimeLagSeconds": 120, "scaleDownStabilizationSeconds": 300,
+                "pollIntervalSeconds": 15},
+}
+
+
+def test_replicas_added_for_a_backlog_go_once_it_is_drained_not_after_the_window() -> None:
+    # A dump of 30 000 messages beside 100/s of production: six replicas drain it within
+    # the SLO, two keep up with production. Once the dump is gone, holding six for the
+    # rest of the 300 s window buys nothing: the window guards against traffic that comes
+    # back, and this capacity was never asked for by traffic.
+    class Recorded(KcgPolicy):
+        decisions: list[Decision] = []
+
+        def decide(self, observation: Observation, spec: ScalingSpec) -> Decision:
+            decision = super().decide(observation, spec)
+            self.decisions.append(decision)
+            return decision
+
+    result = simulate(parse_scenario(DUMP, name="dump"), Recorded())
+    timeline = result.replicas_timeline
+    drained = next(t for t, lag in enumerate(result.lag_timeline) if t > 0 and lag < 100)
+    assert max(timeline[:drained]) == 6
+    assert drained < 120
+    # Back to production's count by the second poll after the drain, 200 s before the
+    # window would have let it go.
+    assert timeline[drained + 30] == 2, timeline[drained : drained + 31]
+    assert result.slo_violation_seconds == 0
+    # The reason says why the window let them go.
+    down = next(d for d in Recorded.decisions if d.should_patch and d.desired < d.current)
+    assert down.reason.startswith("scaled 6→2:"), down.reason
+    assert "backlog drained: the window keeps only what production asked for" in down.reason
+
+
+def test_the_window_still_holds_replicas_when_production_falls() -> None:
+    # The same group with no backlog: 500/s for five minutes, then 100/s. Six replicas
+    # were asked for by production itself, so they are held for the whole window.
+    fall = {**DUMP, "initial_backlog": 0, "initial_replicas": 6,
+            "rate": [{"at": 0, "rate": 500}, {"at": 300, "rate": 100}]}
+    result = simulate(parse_scenario(fall, name="fall"), KcgPolicy())
+    held = result.replicas_timeline[300:585]
+    assert set(held) == {6}
+    assert result.replicas_timeline[-1] < 6

@@ -9,10 +9,11 @@ replica speeds and poisoned partitions cost it exactly what they cost the polici
 
 It obeys what the spec imposes on every policy: ``minReplicas``, ``maxReplicas`` (and
 never more replicas than partitions: those would idle) and the scale-down stabilization
-window (a count reached by scaling up is not left downwards before
-``scaleDownStabilizationSeconds``; kcg and the HPA both hold recommendations that long).
-So it is the floor for policies under the same spec, not a physics bound a user could
-only reach by also dropping the stabilization window.
+window while a backlog waits (a count reached by scaling up is not left downwards before
+``scaleDownStabilizationSeconds``, unless the backlog is drained: :func:`window_now`;
+the HPA holds every recommendation that long, kcg lets go of what it added for a backlog
+once the backlog is gone). So it is the floor for policies under the same spec, not a
+physics bound a user could only reach by also dropping the stabilization window.
 
 The search is a forward dynamic programme over decision ticks. A world is a *state key*
 (pods and their start-up, the member count, paused partitions, the scale-ups still in the
@@ -45,7 +46,12 @@ from kcg_operator.api.models import ScalingSpec
 from kcg_operator.scaling import health
 from kcg_operator.scaling.keda import DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS
 from kcg_operator.scaling.noise import Noise
-from kcg_operator.scaling.policy import Decision, Observation
+from kcg_operator.scaling.policy import (
+    RECENT_WINDOW_SECONDS,
+    SUSTAINED_WINDOW_SECONDS,
+    Decision,
+    Observation,
+)
 from kcg_operator.scaling.scenario import Scenario
 from kcg_operator.scaling.world import StateKey, Traffic, World, build_traffic
 
@@ -204,6 +210,42 @@ def _stairs_after(stairs: Stairs, previous: int, chosen: int, hold: int) -> Stai
     return tuple(out)
 
 
+def drained(world: World, seconds: int) -> bool:
+    """Whether no judged partition has more waiting than ``seconds`` of its production, at
+    the highest of its average rates over kcg's two windows and the last ``seconds`` (all
+    of them while the run is younger).
+
+    kcg calls a backlog drained when no partition has more waiting than one poll of its
+    sustained rate, the lower of the two windows' averages: so this is never stricter,
+    and the oracle may let go of whatever kcg lets go of.
+    """
+    now = world.time
+    traffic = world.traffic
+    for p in world.judged():
+        end = traffic.end_at(p, now)
+        waiting = end - world.consumed[p]
+        if waiting <= 0:
+            continue
+        rate = 0.0
+        for span in (SUSTAINED_WINDOW_SECONDS, RECENT_WINDOW_SECONDS, seconds):
+            since = max(0, now - int(span))
+            if now > since:
+                rate = max(rate, (end - traffic.end_at(p, since)) / (now - since))
+        if waiting > rate * seconds:
+            return False
+    return True
+
+
+def window_now(world: World, stairs: Stairs, grid: int) -> Stairs:
+    """The stabilization window as it binds now: not at all once the backlog is drained,
+    since kcg then lets go of replicas it added for a backlog.
+
+    Wider than kcg's rule (kcg keeps what production asked for): the floor must stay
+    below every policy the benchmark measures.
+    """
+    return () if drained(world, grid) else stairs
+
+
 def _dominates(a: _Node, b: _Node) -> bool:
     return (
         a.violations <= b.violations
@@ -324,6 +366,7 @@ def admissible(
         if index >= len(schedule):
             return False
         n = schedule[index]
+        stairs = window_now(world, stairs, grid)
         if n not in choices_at(scenario, stairs):
             return False
         stairs = _stairs_after(stairs, world.replicas, n, hold)
@@ -354,6 +397,7 @@ def _greedy(
     duration = scenario.duration_seconds
     for tick in range(0, duration, grid):
         horizon = min(window, duration - tick)
+        stairs = window_now(world, stairs, grid)
         allowed = choices_at(scenario, stairs)
         # More replicas rarely make things worse: bisect for the fewest that stay clean.
         low, high = allowed[0], allowed[-1]
@@ -423,9 +467,10 @@ def search(
         seconds = min(grid, duration - tick)
         buckets: dict[tuple[StateKey, Stairs], list[_Node]] = {}
         for node in frontier:
-            choices = choices_at(scenario, node.stairs)
+            binding = window_now(node.world, node.stairs, grid)
+            choices = choices_at(scenario, binding)
             for n, after, broken in _transitions(node.world, choices, seconds, slo):
-                stairs = _stairs_after(node.stairs, node.world.replicas, n, hold)
+                stairs = _stairs_after(binding, node.world.replicas, n, hold)
                 follows = frozenset(i for i in node.seeds if seeds[i][index] == n)
                 child = _Node(
                     node.cost + n * seconds,

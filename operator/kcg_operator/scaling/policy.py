@@ -61,6 +61,11 @@ How a decision is made, in order:
    group at zero stays there until lag or new messages appear.
 6. **Stabilization.** Up at once; down only to the highest recommendation of the last
    ``scaleDownStabilizationSeconds`` (the HPA's scale-down rule), so a dip does not flap.
+   The window guards against traffic, not backlog: with the time rule, each
+   recommendation also records what production alone asked for then, and once the
+   backlog is drained (no partition has more waiting than one poll of its production)
+   each counts only for that part. A first step guessed before any rate was measured
+   leaves the window at the first measurement.
 7. **Paused** computes and explains but asks for no patch.
 """
 
@@ -264,6 +269,8 @@ class PolicyState:
     #: Recommendations made while no replica rate was known: they hold like the others
     #: until the first measurement at full load, which overrules them.
     guesses: tuple[tuple[float, int], ...] = ()
+    #: (when, replicas that production alone asked for then), for the window's entries.
+    keep_ups: tuple[tuple[float, int], ...] = ()
     per_replica_rate: float | None = None
     rate_saturated: bool = False
     idle_since: float | None = None
@@ -383,6 +390,10 @@ class _Needs:
     production: float | None
     required_rate: float | None
     ignored: tuple[tuple[PartitionKey, str], ...]
+    #: Replicas that keep up with sustained production alone (None: the time rule is off).
+    keep_up: int | None = None
+    #: Whether what waits is no more than one poll of sustained production.
+    drained: bool = False
 
 
 def _decide_observed(
@@ -443,6 +454,17 @@ def _decide_observed(
         # restart never causes a scale-down before a full window of evidence.
         seeded = ((now, current),)
     recent = tuple((t, r) for t, r in seeded if t > now - window)
+    # The window guards against traffic that comes and goes. Capacity asked for beyond
+    # what production needed at the time was for a backlog: once that backlog is drained,
+    # each recommendation in the window counts only for the production of its time.
+    keep_ups = tuple((t, k) for t, k in state.keep_ups if t > now - window)
+    if needs.keep_up is not None:
+        keep_ups = (*keep_ups, (now, max(floor, min(needs.keep_up, cap))))
+    before_release = max((r for _, r in recent), default=0)
+    if needs.drained:
+        production_part = dict(keep_ups)
+        recent = tuple((t, min(r, production_part.get(t, r))) for t, r in recent)
+    released = False
     # The window keeps informed recommendations from flapping. A guess (made while no
     # replica rate was known at all, e.g. a first step sized by lagPerReplica alone) that
     # the first measurement at full load overrules says nothing about the traffic: it is
@@ -457,6 +479,7 @@ def _decide_observed(
     else:
         held = max(r for _, r in (*recommendations, *guesses))
         desired = min(current, held, cap)
+        released = desired < min(current, before_release, cap)
         if desired > recommendation:
             capped_by = "stabilization"
 
@@ -473,6 +496,7 @@ def _decide_observed(
         saturated,
         to_zero,
         idle_since,
+        released,
     )
     should_patch = desired != current and not spec.paused
     if spec.paused:
@@ -515,6 +539,7 @@ def _decide_observed(
         history=history,
         recommendations=recommendations,
         guesses=guesses,
+        keep_ups=keep_ups,
         per_replica_rate=per_replica,
         rate_saturated=saturated,
         idle_since=idle_since,
@@ -714,6 +739,8 @@ def _needs(
 
     by_time: int | None = None
     required: float | None = None
+    keep_up: int | None = None
+    drained = False
     target = spec.max_time_lag_seconds
     if target is not None and rates is not None and per_replica is not None and per_replica > 0:
         deadline = target * SLO_TARGET_FRACTION
@@ -763,6 +790,14 @@ def _needs(
         # rule alone decides. A lag threshold would buy capacity for backlog that the SLO
         # lets wait.
         by_lag = 0 if saturated else by_lag
+        # What production alone asks for, and whether what waits is no more than one poll
+        # of each partition's production: then capacity added for a backlog has done its
+        # work (see the window in _decide_observed).
+        keep_up = _replicas_for(
+            sustained, obs.partition_count, per_replica, helpful, utilization,
+            sustained if saturated else {},
+        )
+        drained = all(lags[k] <= sustained[k] * spec.poll_interval_seconds for k in active)
 
     return _Needs(
         by_lag=by_lag,
@@ -773,6 +808,8 @@ def _needs(
         production=production,
         required_rate=required,
         ignored=tuple(ignored),
+        keep_up=keep_up,
+        drained=drained,
     )
 
 
@@ -997,6 +1034,7 @@ def _explain(
     saturated: bool,
     to_zero: bool,
     idle_since: float | None,
+    released: bool = False,
 ) -> str:
     head = f"scaled {current}→{desired}" if desired != current else f"holding {current}"
 
@@ -1023,6 +1061,8 @@ def _explain(
     if needs.ignored:
         names = ", ".join(f"{t}/{p} {s}" for (t, p), s in needs.ignored)
         parts.append(f"ignoring lag on non-progressing {names}")
+    if released:
+        parts.append("backlog drained: the window keeps only what production asked for")
     if capped_by == "stabilization":
         parts.append(
             f"wants {recommendation}, held by {spec.scale_down_stabilization_seconds} s"

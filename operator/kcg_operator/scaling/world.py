@@ -417,6 +417,14 @@ class World:
                 oldest = max(oldest, now - traffic.produced_at(p, c))
         return float(oldest)
 
+    def judged(self) -> list[int]:
+        """Partitions the SLO is judged on now: all but those poisoned by now."""
+        now = self.time
+        return [
+            p for p in range(self.scenario.partitions)
+            if (start := self._poison_start.get(p)) is None or start >= now
+        ]
+
     def violates(self, slo: float) -> bool:
         """Whether a judged message is older than ``slo`` now (as ``oldest_age() > slo``,
         without computing the age: the oracle asks this every simulated second)."""
