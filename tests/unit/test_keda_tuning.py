@@ -25,6 +25,8 @@ from kcg_operator.scaling.noise import Noise
 from kcg_operator.scaling.scenario import load_scenario
 from kcg_operator.scaling.world import build_traffic
 
+from .test_scaling_bench import TINY as BENCH_TINY
+
 pytestmark = pytest.mark.unit
 
 
@@ -110,18 +112,12 @@ def test_score_of_needs_a_recorded_day() -> None:
         score_of([])
 
 
+# The bench tests' small scenario, longer and with a step down, so that days differ.
 TINY = {
+    **BENCH_TINY,
     "name": "tiny",
-    "partitions": 3,
     "duration_seconds": 300,
-    "initial_replicas": 1,
-    "initial_backlog": 300,
-    "slo_seconds": 40,
-    "per_replica_rate": 20,
-    "startup_seconds": 10,
-    "rebalance_pause_seconds": 2,
     "rate": [{"at": 0, "rate": 25}, {"at": 60, "rate": 50}, {"at": 200, "rate": 20}],
-    "scaling": {"minReplicas": 1, "maxReplicas": 3, "lagPerReplica": 400, "maxTimeLagSeconds": 40},
 }
 
 
