@@ -23,6 +23,7 @@ person reads, so both outputs always agree.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -492,7 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C ends at once: the Kafka clients' own teardown can wait out request
         # timeouts (seen: over 30 s under load), which is not what an interrupt asks for.
+        # os._exit skips atexit, where the kubernetes client deletes the temporary files
+        # it wrote the kubeconfig's embedded CA, certificate and private key to: run the
+        # exit functions first, or every Ctrl-C leaves a copy of the key in $TMPDIR.
         sys.stdout.flush()
+        atexit._run_exitfuncs()
         os._exit(130)
 
 

@@ -408,15 +408,19 @@ def test_describe_honours_namespace_context_and_kubeconfig(
 
 def test_watch_redraws_until_interrupted(
     quiet_groups: QuietGroups, plugin_env: None, cluster: dict[str, str],
-    kubectl: Callable[..., Any], ns: str,
+    kubectl: Callable[..., Any], ns: str, tmp_path: Path,
 ) -> None:
     import localstack
 
     binary = str(localstack.K8S_BIN / "kubectl")
+    # The kubernetes client writes the kubeconfig's embedded CA, certificate and key to
+    # temporary files: an interrupt must not leave them behind.
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
     proc = subprocess.Popen(
         [binary, "kcg", "describe", "gone", "-n", ns, "-o", "json", "--watch", "--samples", "1",
          "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"]},
+        env={**os.environ, "KUBECONFIG": cluster["KUBECONFIG"], "TMPDIR": str(scratch)},
         # As from a terminal. A suite started in the background (CI, `make test &`) runs
         # with SIGINT ignored, children inherit that through exec, and Python then leaves
         # Ctrl-C ignored: the plugin would rightly go on (this failed CI twice).
@@ -433,6 +437,7 @@ def test_watch_redraws_until_interrupted(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert list(scratch.iterdir()) == [], "the interrupted plugin left temporary files"
     assert (first["status"]["samples"], second["status"]["samples"]) == (1, 2)
     assert second["time"] >= first["time"]
     assert first["totalLag"] == second["totalLag"] == sum(
