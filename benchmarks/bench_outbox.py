@@ -29,6 +29,10 @@ The measures, identical for all three (each contender on its own fresh table and
      offsets, inserted = the identity sequence's advance, over the same window. Their
      ratio is above 1 when the contender drains the backlog while the writer runs flat out,
      below 1 when it falls behind.
+     Over the same window: the CPU time (/proc, all threads) of the contender, of its
+     PostgreSQL backend and of the Kafka broker per published event, and of the writer and
+     its backend per inserted row. Everything shares the same cores, so these say where
+     the time goes and why one side keeps up or not.
   3. latency: a paced writer commits 5 000 events/s (transactions of 10) while the contender
      runs; latency per event = the broker's append time (a LogAppendTime topic: when Kafka
      wrote it, just before the ack) minus the writer's commit time. Events still unpublished
@@ -98,6 +102,27 @@ class Env:
     dsn: str
     bootstrap: str
     log_dir: Path
+    kafka_pid: int | None = None  # the broker's process, for its CPU time
+
+
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far of these processes, all their threads."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def _app_name(table: str, role: str) -> str:
+    """The application_name of a process's PostgreSQL sessions, to find their backends."""
+    return f"{role}-{table}"
 
 
 def _log(message: str) -> None:
@@ -165,6 +190,14 @@ class Counters:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def backends(self, app_name: str) -> list[int]:
+        """The server processes of the sessions named `app_name` (the relay prefixes it)."""
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name IN (%s, %s)",
+            (app_name, f"kcg-relay {app_name}"[:63]),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
     def close(self) -> None:
         self.consumer.close()
         self.conn.close()
@@ -206,12 +239,15 @@ def start(env: Env, contender: str, table: str) -> Proc:
     """Start a contender on `table`; returns once it is connected (the relay: ready)."""
     log = (env.log_dir / f"{table}.log").open("ab")
     base = {**os.environ, "OUTBOX_DSN": env.dsn, "KAFKA_BOOTSTRAP_SERVERS": env.bootstrap,
-            "PYTHONPATH": str(REPO / "operator")}
+            "PYTHONPATH": str(REPO / "operator"),
+            "PGAPPNAME": _app_name(table, "contender")}
     port = _free_port()
     if contender == "relay":
         cmd = [sys.executable, "-m", "kcg_operator.cli", "relay"]
+        # The relay names its session "kcg-relay <relay id>" itself.
         extra = {"OUTBOX_TABLE": table, "OUTBOX_METRICS_PORT": str(port),
-                 "OUTBOX_METRICS_ADDRESS": "127.0.0.1"}
+                 "OUTBOX_METRICS_ADDRESS": "127.0.0.1",
+                 "OUTBOX_RELAY_ID": _app_name(table, "contender")}
     else:
         cmd = [sys.executable, __file__, f"--{contender}-poller", table, str(port)]
         extra = {}
@@ -427,6 +463,9 @@ class Sustained:
     inserted_per_s: float
     backlog_at_start: int
     backlog_change: int
+    # CPU µs per published event (the contender, its PostgreSQL backend, the broker) and
+    # per inserted row (the writer and its backend), over the window.
+    cpu_us: dict[str, float]
 
     @property
     def ratio(self) -> float:
@@ -440,7 +479,8 @@ def sustained(env: Env, contender: str, warmup_s: float, window_s: float) -> Sus
         writer = subprocess.Popen(
             [sys.executable, __file__, "--flat-out-writer", table, topic,
              str(warmup_s + window_s + 10)],
-            env={**os.environ, "OUTBOX_DSN": env.dsn}, stdout=subprocess.PIPE,
+            env={**os.environ, "OUTBOX_DSN": env.dsn, "PGAPPNAME": _app_name(table, "writer")},
+            stdout=subprocess.PIPE,
         )
         proc: Proc | None = None
         try:
@@ -450,9 +490,19 @@ def sustained(env: Env, contender: str, warmup_s: float, window_s: float) -> Sus
             while counters.published() == 0:
                 proc.check(env)
                 time.sleep(0.01)
+            # Both are connected by now (the writer inserts, the contender has published).
+            roles = {
+                "contender": [proc.proc.pid],
+                "contender_db": counters.backends(_app_name(table, "contender")),
+                "kafka": [env.kafka_pid] if env.kafka_pid else [],
+                "writer": [writer.pid],
+                "writer_db": counters.backends(_app_name(table, "writer")),
+            }
+            cpu0 = {role: _cpu_seconds(pids) for role, pids in roles.items()}
             p0, i0, t0 = counters.published(), counters.inserted(), time.monotonic()
             time.sleep(window_s)
             p1, i1, t1 = counters.published(), counters.inserted(), time.monotonic()
+            cpu1 = {role: _cpu_seconds(pids) for role, pids in roles.items()}
             proc.check(env)
         finally:
             writer.kill()
@@ -461,8 +511,12 @@ def sustained(env: Env, contender: str, warmup_s: float, window_s: float) -> Sus
                 proc.stop()
             counters.close()
         seconds = t1 - t0
+        cpu_us = {role: 1e6 * (cpu1[role] - cpu0[role])
+                  / max(1, (i1 - i0) if role.startswith("writer") else (p1 - p0))
+                  for role in roles}
         return Sustained(published_per_s=(p1 - p0) / seconds, inserted_per_s=(i1 - i0) / seconds,
-                         backlog_at_start=i0 - p0, backlog_change=(i1 - i0) - (p1 - p0))
+                         backlog_at_start=i0 - p0, backlog_change=(i1 - i0) - (p1 - p0),
+                         cpu_us=cpu_us)
 
 
 @dataclass
@@ -591,6 +645,11 @@ def report(drains: dict[str, float], flats: dict[str, Sustained], lats: dict[str
         row("  published / inserted", lambda c: f"{flats[c].ratio:.2f}"),
         row("  backlog at start; change", lambda c: f"{flats[c].backlog_at_start}; "
             f"{flats[c].backlog_change:+d}"),
+        row("  CPU µs per event: contender", lambda c: _fmt(flats[c].cpu_us["contender"])),
+        row("    its PostgreSQL backend", lambda c: _fmt(flats[c].cpu_us["contender_db"])),
+        row("    Kafka broker", lambda c: _fmt(flats[c].cpu_us["kafka"])),
+        row("  CPU µs per row: writer + backend",
+            lambda c: _fmt(flats[c].cpu_us["writer"] + flats[c].cpu_us["writer_db"])),
         row(f"latency p50 @ {OFFERED_PER_S} ev/s", lambda c: lat(c, lats[c].p50_ms)),
         row("latency p99", lambda c: lat(c, lats[c].p99_ms)),
         row("latency max", lambda c: lat(c, lats[c].max_ms)),
@@ -639,6 +698,8 @@ def report(drains: dict[str, float], flats: dict[str, Sustained], lats: dict[str
         figures[f"{c}_flat_writer_inserted_per_s"] = round(flats[c].inserted_per_s)
         figures[f"{c}_flat_ratio"] = round(flats[c].ratio, 3)
         figures[f"{c}_flat_backlog_change"] = flats[c].backlog_change
+        for role, us in flats[c].cpu_us.items():
+            figures[f"{c}_flat_cpu_us_{role}"] = round(us, 2)
         figures[f"{c}_p50_ms"] = round(lats[c].p50_ms, 2)
         figures[f"{c}_p99_ms"] = round(lats[c].p99_ms, 2)
         figures[f"{c}_max_ms"] = round(lats[c].max_ms, 2)
@@ -687,7 +748,9 @@ def main(argv: list[str]) -> int:
     assert state is not None
     log_dir = Path(str(state["KCG_STACK_DIR"])) / "logs" / "bench-outbox"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = Env(str(state["OUTBOX_DSN"]), str(state["KAFKA_BOOTSTRAP_SERVERS"]), log_dir)
+    kafka_pid = next((p.pid for p in localstack.stack_procs() if p.name == "kafka"), None)
+    env = Env(str(state["OUTBOX_DSN"]), str(state["KAFKA_BOOTSTRAP_SERVERS"]), log_dir,
+              kafka_pid)
     load = os.getloadavg()
     backlog = 100_000 if args.quick else 500_000
     drain_limit = 4.0 if args.quick else 10.0

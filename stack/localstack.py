@@ -320,6 +320,12 @@ def _save_pids(procs: list[Proc]) -> None:
     (STATE / "pids.json").write_text(json.dumps([p.__dict__ for p in procs]))
 
 
+def stack_procs() -> list[Proc]:
+    """The stack's processes as last started (none if it was never started)."""
+    path = STATE / "pids.json"
+    return [Proc(**p) for p in json.loads(path.read_text())] if path.exists() else []
+
+
 def _wait(what: str, check: Callable[[], bool], timeout: float, procs: list[Proc]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -469,8 +475,8 @@ def read_state() -> dict[str, object] | None:
     if not path.exists():
         return None
     state: dict[str, object] = json.loads(path.read_text())
-    pids = json.loads((STATE / "pids.json").read_text()) if (STATE / "pids.json").exists() else []
-    if pids and all(_alive(p["pid"]) for p in pids):
+    procs = stack_procs()
+    if procs and all(_alive(p.pid) for p in procs):
         return state
     return None
 
@@ -810,8 +816,7 @@ PGROOT_PREFIX = "kcg-pg-"
 
 def down(quiet: bool = False) -> None:
     """Stop every process the stack started, then remove its runtime state."""
-    pids_file = STATE / "pids.json"
-    procs = [Proc(**p) for p in json.loads(pids_file.read_text())] if pids_file.exists() else []
+    procs = stack_procs()
     for p in reversed(procs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGTERM)
@@ -860,7 +865,7 @@ def restart(name: str, sig: int | None = None, pause: float = 0.0,
     state = read_state()
     if state is None:
         raise StackError("the local stack is not running: make up")
-    procs = [Proc(**p) for p in json.loads((STATE / "pids.json").read_text())]
+    procs = stack_procs()
     index = next((i for i, p in enumerate(procs) if p.name == name), None)
     if index is None:
         raise StackError(f"no stack component {name!r}; one of {[p.name for p in procs]}")
