@@ -18,7 +18,7 @@ The contenders, each a process of its own:
                     the relay is the design.
   naive relay       one row per transaction, flush per message (for reference).
 
-The measures, identical for all three (each contender on its own fresh table and topic):
+The measures, identical for all four (each contender on its own fresh table and topic):
 
   1. drain: a backlog is loaded, the contender started; events/s = events appended to the
      topic (Kafka's end offsets) per second, from the first appended event until the backlog
