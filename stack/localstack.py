@@ -581,6 +581,9 @@ def _up(owned: bool, procs: list[Proc]) -> dict[str, object]:
         "--enable-priority-and-fairness=false", "--v=0",
         f"--audit-policy-file={audit_policy}", f"--audit-log-path={STATE / 'audit.log'}",
         "--audit-log-format=json", "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+        # On SIGTERM, close open watches (clients re-establish them) instead of leaving them
+        # to the HTTP server's 60 s shutdown timeout, as production control planes set it.
+        "--shutdown-watch-termination-grace-period=5s",
     ], owned, procs)
     _wait("kube-apiserver", lambda: _https_ok(server, "/readyz"), 90, procs)
     kubeconfig = _write_kubeconfig(server)

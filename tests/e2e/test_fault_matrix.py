@@ -478,7 +478,8 @@ def test_apiserver_restart_watches_resume_and_a_change_made_at_once_is_applied(
     try:
         t0 = time.monotonic()
         # A clean stop: the apiserver closes its listener at once, empties the kubernetes
-        # Service's endpoints, and keeps open watches until its 60 s request timeout.
+        # Service's endpoints, and closes open watches within 5 s (the stack sets
+        # --shutdown-watch-termination-grace-period), so clients must watch again.
         localstack.restart("kube-apiserver")
         eventually(lambda: _answers(kube_api), timeout=90, interval=0.1,
                    what="the apiserver to answer again")

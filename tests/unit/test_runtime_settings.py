@@ -7,7 +7,7 @@ import kopf
 import pytest
 
 import kcg_operator.handlers.workload  # noqa: F401  (registers the handlers)
-from kcg_operator.runtime import WatchOnlyDiffBase
+from kcg_operator.runtime import API_RETRY_BACKOFFS, WatchOnlyDiffBase
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +29,10 @@ def test_the_diff_base_is_neither_built_nor_read() -> None:
         "spec": {"groupId": "g"}})
     assert storage.build(body=body) == {}
     assert storage.fetch(body=body) is None
+
+
+def test_failed_api_requests_are_retried_often_and_for_two_minutes() -> None:
+    # Between retries at most 5 s: a watch resumes within 5 s of the apiserver's return.
+    assert max(API_RETRY_BACKOFFS) <= 5.0
+    # Only after two minutes of failures does kopf give a request (a watch stream) up.
+    assert sum(API_RETRY_BACKOFFS) >= 120.0
