@@ -79,6 +79,7 @@ sys.path.insert(0, str(REPO / "stack"))
 sys.path.insert(0, str(REPO / "operator"))
 
 import localstack  # noqa: E402
+from kcg_operator.outbox.claim import session_name  # noqa: E402
 from kcg_operator.outbox.config import DEFAULT_PRODUCER_PROPERTIES  # noqa: E402
 from kcg_operator.outbox.relay import next_poll_delay  # noqa: E402
 from kcg_operator.outbox.schema import create_schema  # noqa: E402
@@ -192,10 +193,10 @@ class Counters:
         return int(row[0]) if row else 0
 
     def backends(self, app_name: str) -> list[int]:
-        """The server processes of the sessions named `app_name` (the relay prefixes it)."""
+        """The server processes of the sessions named `app_name`, or the relay's with that id."""
         rows = self.conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name IN (%s, %s)",
-            (app_name, f"kcg-relay {app_name}"[:63]),
+            (app_name, session_name(app_name)),
         ).fetchall()
         return [int(r[0]) for r in rows]
 
@@ -245,7 +246,7 @@ def start(env: Env, contender: str, table: str) -> Proc:
     port = _free_port()
     if contender == "relay":
         cmd = [sys.executable, "-m", "kcg_operator.cli", "relay"]
-        # The relay names its session "kcg-relay <relay id>" itself.
+        # The relay names its session itself, after its id (claim.session_name).
         extra = {"OUTBOX_TABLE": table, "OUTBOX_METRICS_PORT": str(port),
                  "OUTBOX_METRICS_ADDRESS": "127.0.0.1",
                  "OUTBOX_RELAY_ID": _app_name(table, "contender")}

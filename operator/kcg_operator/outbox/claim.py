@@ -48,6 +48,11 @@ SESSION_SETTINGS: Final = (
 )
 
 
+def session_name(relay_id: str) -> str:
+    """The relay's application_name in PostgreSQL (pg_stat_activity), at most 63 bytes."""
+    return f"kcg-relay {relay_id}"[:63]
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     seq: int
@@ -129,7 +134,7 @@ class OutboxStore:
             self.config.dsn,
             autocommit=True,
             connect_timeout=5,
-            application_name=f"kcg-relay {self.config.relay_id}"[:63],
+            application_name=session_name(self.config.relay_id),
             keepalives=1,
             keepalives_idle=10,
             keepalives_interval=5,
